@@ -1,0 +1,191 @@
+"""What every drqv2_ros node shares: parameter declaration from dataclasses, QoS profiles,
+Image <-> numpy conversion, stamps, and a clean `main` runner.
+
+Nodes stay thin: each declares a parameter dataclass (field metadata ``help`` becomes the
+ROS parameter descriptor), builds its ROS-free core object, and wires topics to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import (
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import Image
+
+T = TypeVar("T")
+
+#: Camera images and joint states: best effort, keep last 5 (REP 2003 sensor data).
+SENSOR_QOS = qos_profile_sensor_data
+#: Commands, events, transitions, weights: reliable, keep last N.
+def reliable_qos(depth: int = 10) -> QoSProfile:
+    return QoSProfile(
+        depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
+    )
+
+
+def param(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field that is also a documented ROS parameter."""
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help, **kw})
+
+
+_PTYPES = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    str: ParameterType.PARAMETER_STRING,
+}
+
+
+def declare_parameters(node: Node, cls: type[T]) -> T:
+    """Declare every field of dataclass ``cls`` as a ROS parameter with a descriptor (its
+    ``help`` text), read the values (params file / ``-p`` overrides) and return an instance.
+    Types are enforced by ROS: an int field refuses a string from YAML with a clear error."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        desc = ParameterDescriptor(description=f.metadata.get("help", ""))
+        if isinstance(default, list):
+            elem = type(default[0]) if default else float
+            desc.type = {
+                float: ParameterType.PARAMETER_DOUBLE_ARRAY,
+                int: ParameterType.PARAMETER_INTEGER_ARRAY,
+                str: ParameterType.PARAMETER_STRING_ARRAY,
+                bool: ParameterType.PARAMETER_BOOL_ARRAY,
+            }[elem]
+        else:
+            desc.type = _PTYPES[type(default)]
+        if isinstance(default, float):
+            # YAML `1` for a double parameter: accept ints where a float is expected.
+            desc.dynamic_typing = False
+        value = node.declare_parameter(f.name, default, desc).value
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        if isinstance(default, list):
+            value = list(value)
+        values[f.name] = value
+    return cls(**values)
+
+
+def parameter_table(cls: type) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) rows, for the README and ``--help``."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append((f.name, type(default).__name__, repr(default), f.metadata.get("help", "")))
+    return rows
+
+
+# -- stamps --------------------------------------------------------------------------------
+
+def stamp_to_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int, stamp) -> Any:
+    stamp.sec, stamp.nanosec = divmod(int(ns), 1_000_000_000)
+    return stamp
+
+
+# -- images --------------------------------------------------------------------------------
+
+class ImageFormatError(ValueError):
+    """A sensor_msgs/Image that cannot be read as an 8-bit colour image."""
+
+
+_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+
+
+def image_to_numpy(msg: Image, want: str = "rgb8") -> np.ndarray:
+    """Zero-copy view of an 8-bit image as (H, W, C) in ``want`` channel order.
+
+    Validates encoding, step and data size; raises ImageFormatError with the reason."""
+    enc = msg.encoding
+    if enc not in _CHANNELS:
+        raise ImageFormatError(f"unsupported encoding {enc!r} (want one of {sorted(_CHANNELS)})")
+    c = _CHANNELS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0 or step < w * c:
+        raise ImageFormatError(f"bad geometry {h}x{w} step {step} for {enc}")
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    if buf.size != h * step:
+        raise ImageFormatError(f"data has {buf.size} bytes, expected {h * step} ({h}x{step})")
+    img = buf.reshape(h, step)[:, : w * c].reshape(h, w, c)
+    if want == "rgb8":
+        if enc in ("bgr8", "bgra8"):
+            img = img[:, :, 2::-1]
+        elif enc == "mono8":
+            img = np.repeat(img, 3, axis=2)
+        else:
+            img = img[:, :, :3]
+    return img
+
+
+def numpy_to_image(img: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = "rgb8") -> Image:
+    """(H, W, 3) uint8 -> sensor_msgs/Image. Uses ``tobytes`` (fast), never a numpy assign."""
+    if img.dtype != np.uint8 or img.ndim != 3:
+        raise ImageFormatError(f"need (H, W, C) uint8, got {img.dtype} {img.shape}")
+    msg = Image()
+    ns_to_stamp(stamp_ns, msg.header.stamp)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(img.shape[1] * img.shape[2])
+    msg.data = np.ascontiguousarray(img).tobytes()
+    return msg
+
+
+# -- running -------------------------------------------------------------------------------
+
+def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
+    """Init rclpy, spin ``factory()`` in a single-threaded executor (inference and torch
+    work must not share a multi-threaded executor on small CPUs), and shut down cleanly on
+    Ctrl-C / SIGTERM. Returns a process exit code."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    executor = SingleThreadedExecutor()
+
+    def _term(signum, frame):  # SIGTERM from launch / the process launcher
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    code = 0
+    try:
+        node = factory()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:  # a node that fails to start says why, once, and exits non-zero
+        name = node.get_name() if node is not None else "node"
+        print(f"[{name}] fatal: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:  # noqa: BLE001 - shutdown must go on
+                    print(f"close failed: {exc}", file=sys.stderr)
+            executor.remove_node(node)
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return code

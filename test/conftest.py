@@ -1,0 +1,40 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ros_harness import NodeProcess, Probe, allocate_domain_id, ros_environment  # noqa: E402
+
+SHARED = Path(os.environ.get("DRQV2_SHARED_DIR",
+                             Path(__file__).resolve().parents[2] / "shared"))
+
+
+@pytest.fixture
+def ros_env(tmp_path):
+    """Environment for node processes: a fresh ROS_DOMAIN_ID and log dir per test."""
+    return ros_environment(allocate_domain_id(), tmp_path / "roslog")
+
+
+@pytest.fixture
+def launch_node(ros_env, tmp_path):
+    """Start node processes; all are stopped (SIGINT, then SIGKILL) at teardown."""
+    procs: list[NodeProcess] = []
+
+    def start(module: str, **kw) -> NodeProcess:
+        p = NodeProcess(module, ros_env, tmp_path, **kw)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture
+def probe(ros_env):
+    p = Probe(ros_env)
+    yield p
+    p.close()

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# One set-up for everything: a venv with torch (CPU), the ROS 2 wheels, the project's
+# interfaces built with CMake, and the drqv2_ros Python package installed editable.
+# Idempotent: each step leaves a stamp keyed on its inputs, so a second run takes seconds.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${DRQV2_VENV:-$ROOT/.venv}"
+ROS_DISTRO_WHEELS="${DRQV2_ROS_DISTRO:-jazzy}"
+PY="${PYTHON:-python3}"
+STAMPS="$VENV/.drqv2_stamps"
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# System packages (Debian/Ubuntu): compilers and CMake for the interface build, EGL for
+# MuJoCo's offscreen renderer. Only installed when something is missing.
+need_apt=()
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v g++ >/dev/null || need_apt+=(g++)
+ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1' || need_apt+=(libegl1 libgl1)
+ldconfig -p 2>/dev/null | grep -q 'libOSMesa' || need_apt+=(libosmesa6)
+if ((${#need_apt[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing system packages: ${need_apt[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    log "missing system packages: ${need_apt[*]} (install them with apt-get)"; exit 1
+  fi
+fi
+
+[ -x "$VENV/bin/python" ] || { log "creating venv $VENV"; "$PY" -m venv "$VENV"; }
+VPY="$VENV/bin/python"
+mkdir -p "$STAMPS"
+
+stamp_ok() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
+stamp_set() { printf '%s' "$2" >"$STAMPS/$1"; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+REQ="$ROOT/tools/requirements.txt"
+key="$(hash_of "$REQ" "$0")-$ROS_DISTRO_WHEELS"
+if ! stamp_ok pip "$key"; then
+  log "installing Python dependencies (torch 2.13.0 CPU, ROS 2 $ROS_DISTRO_WHEELS wheels, ...)"
+  "$VPY" -m pip install -q --upgrade pip wheel
+  # torch first and pinned exactly: any looser spec resolves to a CUDA build.
+  "$VPY" -m pip install -q torch==2.13.0
+  # Kilted split ament_cmake_ros into ament_cmake_ros_core; Jazzy still has the old name.
+  case "$ROS_DISTRO_WHEELS" in jazzy|humble) acr="ament-cmake-ros ros-$ROS_DISTRO_WHEELS-ament-cmake-gmock ros-$ROS_DISTRO_WHEELS-ament-cmake-gtest ros-$ROS_DISTRO_WHEELS-ament-cmake-pytest ros-$ROS_DISTRO_WHEELS-python-cmake-module" ;; *) acr=ament-cmake-ros-core ;; esac
+  sed -e "s/@ROS@/$ROS_DISTRO_WHEELS/g" -e "s/@AMENT_CMAKE_ROS@/$acr/g" -e 's/#.*//' "$REQ" | tr ' ' '\n' | grep -v '^$' >"$STAMPS/requirements.resolved.txt"
+  "$VPY" -m pip install -q -r "$STAMPS/requirements.resolved.txt" torch==2.13.0
+  stamp_set pip "$key"
+fi
+
+SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+PYINC="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+NPINC="$("$VPY" -c 'import numpy; print(numpy.get_include())')"
+
+# The message wheels' exported CMake files hard-code the wheel build machine's Python and
+# numpy include dirs: point them at this venv's.
+if ! stamp_ok cmakefix "$key"; then
+  grep -rlE '/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+|site-packages/numpy/_core/include' \
+    "$VENV/share"/*/cmake/ 2>/dev/null | while read -r f; do
+    sed -i -E -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$PYINC#g" \
+      -e "s#[^;\"]*site-packages/numpy/_core/include#$NPINC#g" "$f"
+  done
+  stamp_set cmakefix "$key"
+fi
+
+# pip (re)installs of the editable package remove site-packages/drqv2_ros: do it first,
+# and rebuild the interfaces after it.
+pkey="$(hash_of "$ROOT/setup.py" "$ROOT/drqv2_ros/executables.py")-$key"
+if ! stamp_ok editable "$pkey"; then
+  log "installing drqv2_ros (editable)"
+  "$VPY" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" --config-settings editable_mode=compat
+  stamp_set editable "$pkey"
+fi
+# Interfaces (msg/, srv/) with CMake into the venv prefix; the Python package itself is
+# installed editable by pip below (DRQV2_INSTALL_PYTHON=OFF).
+ikey="$(hash_of "$ROOT"/msg/*.msg "$ROOT"/srv/*.srv "$ROOT/CMakeLists.txt" "$ROOT/package.xml")-$pkey"
+if ! stamp_ok interfaces "$ikey"; then
+  log "building ROS 2 interfaces (msg/, srv/)"
+  BUILD="$VENV/build/drqv2_ros"
+  rm -rf "$BUILD"; mkdir -p "$BUILD"
+  (
+    cd "$BUILD"
+    export AMENT_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH"
+    cmake "$ROOT" -DCMAKE_INSTALL_PREFIX="$VENV" -DCMAKE_PREFIX_PATH="$VENV" \
+      -DBUILD_TESTING=OFF -DDRQV2_INSTALL_PYTHON=OFF \
+      -DPython3_EXECUTABLE="$VPY" -DPYTHON_EXECUTABLE="$VPY" >cmake.log 2>&1 \
+      || { tail -40 cmake.log >&2; exit 1; }
+    make -j"$(nproc)" >make.log 2>&1 || { tail -40 make.log >&2; exit 1; }
+    make install >install.log 2>&1 || { tail -40 install.log >&2; exit 1; }
+  )
+  # rosidl writes a stub drqv2_ros/__init__.py into site-packages; the real one comes from
+  # the source tree (editable install) and extends its __path__ to find msg/ and srv/.
+  rm -f "$SITE/drqv2_ros/__init__.py"
+  stamp_set interfaces "$ikey"
+fi
+
+log "ready: $VENV"
