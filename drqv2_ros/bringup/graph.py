@@ -1,0 +1,83 @@
+"""The fine-tuning node graph, in one place.
+
+``launch/finetune.launch.py`` turns these specs into ``launch_ros`` Node actions for a real
+ROS 2 install; ``drqv2-ros launch`` (``bringup/launcher.py``) starts the same processes on
+machines without the ``ros2`` CLI. Both read the same parameter files from ``config/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """What the launch arguments select."""
+
+    mode: str = "sim"                 # "sim" (MuJoCo SO-101) or "real" (Feetech arm + camera)
+    checkpoint: str = ""              # converted folder or RoboBase .pt for the policy node
+    namespace: str = ""
+    use_sim_time: bool = False
+    log_level: str = "info"
+    record: bool = False              # record the demo topic set into a rosbag2 bag
+    bag_path: str = ""                # where to record ("" = recorder's default)
+    demo_mode: bool = False           # policy off: the operator drives (demonstrations)
+    learner: bool = True              # start the learner
+    operator: str = "joy"             # "joy" (standard joy node), "gamepad" (pygame/evdev),
+    #                                   "scripted" (sim only), "none"
+    output_dir: str = ""              # learner output (checkpoints, buffer, TensorBoard)
+    extra_params_file: str = ""       # a user YAML applied after the defaults
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str                          # ROS node name
+    executable: str                    # entry point in drqv2_ros/executables.py
+    params_files: tuple[str, ...]      # relative to the package's config/ directory
+    parameters: dict = field(default_factory=dict)  # overrides from launch arguments
+    package: str = "drqv2_ros"
+
+
+def build_graph(opt: GraphOptions) -> list[NodeSpec]:
+    """The node list for these options (the single source of truth)."""
+    if opt.mode not in ("sim", "real"):
+        raise ValueError(f"mode must be 'sim' or 'real', got {opt.mode!r}")
+    common = {"use_sim_time": opt.use_sim_time}
+    nodes = [
+        NodeSpec("so101_driver", "so101_driver", ("so101_driver.yaml",),
+                 {**common, "backend": "sim" if opt.mode == "sim" else "feetech"}),
+    ]
+    if opt.mode == "real":
+        nodes.append(NodeSpec("camera", "camera", ("camera.yaml",), dict(common)))
+    policy_params = {**common, "policy_enabled": not opt.demo_mode, "demo": opt.demo_mode}
+    if opt.checkpoint:
+        policy_params["checkpoint"] = opt.checkpoint
+    nodes.append(NodeSpec("policy", "policy", ("policy.yaml",), policy_params))
+    if opt.learner and not opt.demo_mode:
+        lp = dict(common)
+        if opt.output_dir:
+            lp["output_dir"] = opt.output_dir
+        if opt.checkpoint:
+            lp["checkpoint"] = opt.checkpoint
+        nodes.append(NodeSpec("learner", "learner", ("learner.yaml",), lp))
+    if opt.operator != "none":
+        controller_params = dict(common)
+        nodes.append(NodeSpec("teleop", "teleop", ("teleop.yaml",), controller_params))
+        if opt.operator == "scripted":
+            if opt.mode != "sim":
+                raise ValueError("the scripted operator needs privileged sim state: sim only")
+            nodes.append(NodeSpec("scripted_operator", "scripted_operator",
+                                  ("scripted_operator.yaml",), dict(common)))
+        elif opt.operator == "gamepad":
+            nodes.append(NodeSpec("gamepad_joy", "gamepad_joy", (), dict(common)))
+        elif opt.operator == "joy":
+            # The standard ROS 2 joy driver (ros-<distro>-joy), not part of this package.
+            nodes.append(NodeSpec("joy_node", "joy_node", (), dict(common), package="joy"))
+        else:
+            raise ValueError(f"unknown operator {opt.operator!r}")
+    if opt.record:
+        rp = dict(common)
+        if opt.bag_path:
+            rp["output"] = opt.bag_path
+        nodes.append(NodeSpec("recorder", "recorder", ("recorder.yaml",), rp))
+    return nodes

@@ -1,0 +1,250 @@
+"""The learner process's work loop, ROS-free: take the actor's step stream, keep the
+persistent online/offline replay buffers, run DrQ-v2 updates at an update-to-data ratio
+once warmed up, and emit weights, checkpoints and metrics on their periods.
+
+The learner node feeds :meth:`TrainingLoop.submit` from its subscription and runs
+:meth:`TrainingLoop.run` in a thread of its own, so DDS callbacks never wait on an update.
+
+Output directory layout::
+
+    output_dir/learner_state.pt      full learner state (weights, optimisers, step, RNG)
+    output_dir/checkpoints/last/     converted checkpoint (config.json + model.safetensors)
+    output_dir/replay/online/        memory-mapped online buffer (every step)
+    output_dir/replay/offline/       demos + intervention segments
+    output_dir/tensorboard/          TensorBoard event files
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from drqv2_ros.acting.weights import WeightsPacket
+from drqv2_ros.learning.learner import DrQV2Learner
+from drqv2_ros.learning.replay_buffer import MixedReplay, ReplayBuffer
+from drqv2_ros.observation.step_record import StepRecord
+from drqv2_ros.policy.modeling_drqv2 import DrQV2Policy
+
+log = logging.getLogger("drqv2_ros.learner")
+
+STATE_FILE = "learner_state.pt"
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = "runs/learner"
+    resume: bool = True
+    online_capacity: int = 100_000
+    offline_capacity: int = 50_000
+    offline_fraction: float = 0.5
+    batch_size: int = 256
+    utd_ratio: float = 1.0
+    warmup_transitions: int = 500
+    max_updates_per_second: float = 0.0
+    publish_weights_period_s: float = 4.0
+    checkpoint_period_updates: int = 1000
+    metrics_period_s: float = 2.0
+    flush_period_s: float = 1.0
+    bc_weight: float = 0.0
+    seed: int = 0
+    tensorboard: bool = True
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    stored: int = 0
+    interventions: int = 0
+    episodes: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    updates: int = 0
+    weights_version: int = 0
+
+
+class TrainingLoop:
+    def __init__(self, cfg: TrainingConfig, policy: DrQV2Policy):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        state_path = self.out / STATE_FILE
+        if cfg.resume and state_path.exists():
+            # A resume that cannot load is an error: never silently start from scratch.
+            self.learner = DrQV2Learner.resume(policy, state_path, bc_weight=cfg.bc_weight)
+            self.resumed = True
+        else:
+            self.learner = DrQV2Learner(policy, bc_weight=cfg.bc_weight, seed=cfg.seed)
+            self.resumed = False
+        c = self.learner.config
+        spec = dict(image_shape=(c.num_views, c.channels_per_frame, c.image_height,
+                                 c.image_width),
+                    low_dim_size=c.low_dim_per_frame, action_size=c.action_dim,
+                    frame_stack=c.frame_stack, nstep=c.nstep, discount=c.discount)
+        self.replay = MixedReplay(
+            ReplayBuffer(self.out / "replay" / "online", capacity=cfg.online_capacity, **spec),
+            ReplayBuffer(self.out / "replay" / "offline", capacity=cfg.offline_capacity, **spec),
+            offline_fraction=cfg.offline_fraction)
+        self.spec = spec
+        self.run_id = uuid.uuid4().hex[:12]
+        self.counters = Counters()
+        self._queue: queue.Queue[StepRecord] = queue.Queue()
+        self._episode_open = False
+        self._last_metrics: dict[str, float] = {}
+        self._t_update_window: list[float] = []
+        self._writer = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.out / "tensorboard"))
+
+    # -- input (any thread) -----------------------------------------------------------------
+    def submit(self, record: StepRecord) -> None:
+        self._queue.put(record)
+
+    def _drop(self, reason: str) -> None:
+        self.counters.dropped[reason] = self.counters.dropped.get(reason, 0) + 1
+
+    def _store(self, r: StepRecord) -> None:
+        self.counters.received += 1
+        if r.is_first:
+            if self._episode_open:  # the previous episode never got its last step
+                self.replay.online.end_episode()
+                if self.replay.offline.episode_open:
+                    self.replay.offline.end_episode()
+            self._episode_open = True
+        elif not self._episode_open:
+            return self._drop("mid-episode step (waiting for the next episode start)")
+        try:
+            self.replay.add_step_routed(
+                r.images, r.low_dim, None if r.is_first else r.action, r.reward,
+                is_first=r.is_first, is_last=r.is_last, terminated=r.terminated,
+                is_intervention=r.is_intervention, is_demo=r.is_demo)
+        except ValueError as exc:
+            self._episode_open = False
+            return self._drop(f"refused by the replay buffer: {exc}")
+        self.counters.stored += 1
+        self.counters.interventions += int(r.is_intervention)
+        if r.is_last:
+            self._episode_open = False
+            self.counters.episodes += 1
+
+    def drain(self, timeout: float = 0.0) -> int:
+        n = 0
+        try:
+            r = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            while True:
+                self._store(r)
+                n += 1
+                r = self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        return n
+
+    # -- learning ---------------------------------------------------------------------------
+    @property
+    def sampleable(self) -> int:
+        return len(self.replay.online) + len(self.replay.offline)
+
+    def updates_owed(self) -> int:
+        if self.sampleable < max(1, self.cfg.warmup_transitions):
+            return 0
+        want = math.floor(self.cfg.utd_ratio * self.counters.stored)
+        return max(0, want - self.counters.updates)
+
+    def update_once(self) -> dict[str, float]:
+        batch = self.replay.sample(self.cfg.batch_size, self.learner.rng)
+        t0 = time.perf_counter()
+        metrics = self.learner.update(batch)
+        self._t_update_window.append(time.perf_counter() - t0)
+        del self._t_update_window[:-50]
+        self.counters.updates += 1
+        self._last_metrics = metrics
+        return metrics
+
+    def weights_packet(self) -> WeightsPacket:
+        self.counters.weights_version += 1
+        return WeightsPacket.make(self.learner.actor_state_bytes(),
+                                  version=self.counters.weights_version,
+                                  learner_step=self.learner.iteration, run_id=self.run_id)
+
+    def save(self) -> None:
+        """Flush the buffers, then write the learner state and the converted checkpoint."""
+        self.replay.flush()
+        self.learner.save_state(self.out / STATE_FILE)
+        self.learner.export_checkpoint(self.out / "checkpoints" / "last")
+
+    def metrics(self) -> dict[str, float]:
+        m = {k: float(v) for k, v in self._last_metrics.items()}
+        qs = [v for k, v in m.items() if k.startswith("critic_q") and k[8:].isdigit()]
+        m["q_mean"] = float(np.mean(qs)) if qs else float("nan")
+        t = self._t_update_window
+        m.update(
+            update_step=float(self.counters.updates),
+            updates_per_second=(len(t) / sum(t)) if t and sum(t) > 0 else 0.0,
+            online_size=float(len(self.replay.online)),
+            offline_size=float(len(self.replay.offline)),
+            transitions_received=float(self.counters.received),
+            intervention_rate=(self.counters.interventions / self.counters.stored
+                               if self.counters.stored else 0.0),
+            episodes=float(self.counters.episodes),
+            stddev=float(self.learner.std()),
+            weights_version=float(self.counters.weights_version),
+        )
+        if self._writer is not None:
+            for k, v in m.items():
+                if np.isfinite(v):
+                    self._writer.add_scalar(f"learner/{k}", v, self.counters.updates)
+            self._writer.flush()
+        return m
+
+    def run(self, stop: threading.Event,
+            publish_weights: Callable[[WeightsPacket], None],
+            publish_metrics: Callable[[dict[str, float]], None]) -> None:
+        """Work until ``stop`` is set; saves on the way out."""
+        cfg = self.cfg
+        now = time.monotonic()
+        next_flush = now + cfg.flush_period_s
+        next_metrics = now + cfg.metrics_period_s
+        next_weights = now  # push at start: the actor may hold other (older) weights
+        pushed_at_update = -1
+        last_ckpt_update = self.counters.updates
+        min_dt = 1.0 / cfg.max_updates_per_second if cfg.max_updates_per_second > 0 else 0.0
+        last_update_t = 0.0
+        try:
+            while not stop.is_set():
+                owed = self.updates_owed()
+                self.drain(timeout=0.0 if owed else 0.05)
+                now = time.monotonic()
+                if owed and now - last_update_t >= min_dt:
+                    self.update_once()
+                    last_update_t = time.monotonic()
+                if now >= next_flush:
+                    self.replay.flush()  # transitions are acknowledged once flushed
+                    next_flush = now + cfg.flush_period_s
+                if now >= next_weights and pushed_at_update != self.counters.updates:
+                    publish_weights(self.weights_packet())
+                    pushed_at_update = self.counters.updates
+                    next_weights = now + cfg.publish_weights_period_s
+                if self.counters.updates - last_ckpt_update >= cfg.checkpoint_period_updates:
+                    self.save()
+                    last_ckpt_update = self.counters.updates
+                if now >= next_metrics:
+                    publish_metrics(self.metrics())
+                    next_metrics = now + cfg.metrics_period_s
+        finally:
+            self.drain()
+            self.save()
+            publish_metrics(self.metrics())
+
+    def close(self) -> None:
+        self.replay.close()
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,124 @@
+"""`learner`: replay + DrQ-v2 updates in their own process. Subscribes to the actor's
+`step` stream, trains in a background thread (``learning/training_loop.py``), pushes actor
+weights on `policy_weights` and publishes `learner/metrics` (also logged to TensorBoard)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+from drqv2_ros.convert.robobase import load_checkpoint_any
+from drqv2_ros.learning.training_loop import TrainingConfig, TrainingLoop
+from drqv2_ros.msg import PolicyWeights, Step, TrainingMetrics
+from drqv2_ros.nodes.common import declare_parameters, param, reliable_qos, run_node
+from drqv2_ros.observation.step_record import StepFormatError, from_msg
+
+WEIGHTS_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@dataclass
+class LearnerParams:
+    checkpoint: str = param("", "start weights: converted folder or RoboBase .pt "
+                                "('' = output_dir/checkpoints/last)")
+    output_dir: str = param("runs/learner", "checkpoints, replay buffers, TensorBoard logs")
+    resume: bool = param(True, "continue from output_dir/learner_state.pt if present")
+    online_capacity: int = param(100_000, "online buffer capacity, steps")
+    offline_capacity: int = param(50_000, "offline (demos + interventions) capacity, steps")
+    offline_fraction: float = param(0.5, "fraction of each batch from the offline buffer")
+    batch_size: int = param(256, "update batch size")
+    utd_ratio: float = param(1.0, "updates per received transition")
+    warmup_transitions: int = param(500, "no update before the buffers hold this many")
+    max_updates_per_second: float = param(0.0, "update rate cap (0 = unlimited)")
+    publish_weights_period_s: float = param(4.0, "actor weights push period, s")
+    checkpoint_period_updates: int = param(1000, "save learner state + checkpoint every N")
+    metrics_period_s: float = param(2.0, "metrics period, s")
+    demo_bags: list = param([""], "rosbag2 bags to seed the offline buffer")
+    bc_weight: float = param(0.0, "BC term weight on demo/intervention samples (0 = off)")
+    seed: int = param(0, "learner seed")
+    torch_threads: int = param(0, "torch intra-op threads (0 = torch default)")
+
+
+class LearnerNode(Node):
+    def __init__(self):
+        super().__init__("learner")
+        p = self.p = declare_parameters(self, LearnerParams)
+        if p.torch_threads > 0:
+            torch.set_num_threads(p.torch_threads)
+        start = p.checkpoint or str(Path(p.output_dir) / "checkpoints" / "last")
+        policy = load_checkpoint_any(start)
+        cfg = TrainingConfig(**{k: getattr(p, k) for k in TrainingConfig.__dataclass_fields__
+                                if hasattr(p, k)})
+        self.loop = TrainingLoop(cfg, policy)
+        c = self.loop.learner.config
+        self._shapes = dict(image_shape=self.loop.spec["image_shape"],
+                            low_dim_size=c.low_dim_per_frame, action_size=c.action_dim)
+        bags = [b for b in p.demo_bags if b]
+        if bags:
+            from drqv2_ros.bags.ingest import ingest_into_replay
+
+            summary = ingest_into_replay(bags, self.loop.replay.offline, self.loop.out)
+            self.get_logger().info(f"demo bags: {summary}")
+        self.malformed = 0
+        self.weights_pub = self.create_publisher(PolicyWeights, "policy_weights", WEIGHTS_QOS)
+        self.metrics_pub = self.create_publisher(TrainingMetrics, "learner/metrics",
+                                                 reliable_qos(10))
+        self.create_subscription(Step, "step", self._on_step, reliable_qos(100))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self.loop.run, args=(self._stop, self._publish_weights, self._publish_metrics),
+            name="training", daemon=True)
+        self._thread.start()
+        self.get_logger().info(
+            f"learner ready ({'resumed' if self.loop.resumed else 'fresh'} from {start}; "
+            f"run {self.loop.run_id}; online {len(self.loop.replay.online)} / offline "
+            f"{len(self.loop.replay.offline)} transitions on disk)")
+
+    def _on_step(self, msg: Step) -> None:
+        try:
+            record = from_msg(msg, **self._shapes)
+        except StepFormatError as exc:
+            self.malformed += 1
+            self.get_logger().warning(f"dropped malformed step: {exc}",
+                                      throttle_duration_sec=5.0)
+            return
+        self.loop.submit(record)
+
+    def _publish_weights(self, packet) -> None:
+        msg = PolicyWeights()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.version, msg.learner_step = packet.version, packet.learner_step
+        msg.run_id, msg.sha256 = packet.run_id, packet.sha256
+        msg.data = packet.data
+        self.weights_pub.publish(msg)
+
+    def _publish_metrics(self, m: dict) -> None:
+        msg = TrainingMetrics()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.update_step = int(m["update_step"])
+        for name in ("critic_loss", "actor_loss", "q_mean", "stddev", "updates_per_second",
+                     "intervention_rate"):
+            setattr(msg, name, float(m.get(name, float("nan"))))
+        msg.online_size, msg.offline_size = int(m["online_size"]), int(m["offline_size"])
+        msg.transitions_received = int(m["transitions_received"])
+        msg.weights_version = int(m["weights_version"])
+        self.metrics_pub.publish(msg)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        self.loop.close()
+
+
+def main(args=None) -> int:
+    return run_node(LearnerNode, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

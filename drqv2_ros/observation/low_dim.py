@@ -1,0 +1,85 @@
+"""The low-dim state a pick-101 checkpoint expects, built from the robot's joint state.
+
+Per frame (18 values, radians / metres, unnormalised, as pick-101's sim produced them):
+``joint_pos`` (6, the five arm joints then the gripper joint, rad), ``joint_vel`` (6, rad/s),
+``gripper_xyz`` (3, m, the ``gripperframe`` site in the base frame), ``gripper_euler``
+(3, rad: roll, pitch, yaw of the site, ``robot.kinematics.rotation_to_euler``).
+Older pick-101 checkpoints append the PRIVILEGED ``cube_pos`` (3, m) -> 21 per frame
+(63 stacked): a real robot has no such sensor, so that layout is run only if the
+configuration says how to fill it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BASE_FIELDS: tuple[tuple[str, int], ...] = (
+    ("joint_pos", 6),
+    ("joint_vel", 6),
+    ("gripper_xyz", 3),
+    ("gripper_euler", 3),
+)
+PRIVILEGED_FIELDS: tuple[tuple[str, int], ...] = (("cube_pos", 3),)
+BASE_SIZE = sum(n for _, n in BASE_FIELDS)
+
+
+class LowDimLayoutError(ValueError):
+    """The checkpoint's low-dim size cannot be filled from the available sensors."""
+
+
+@dataclass(frozen=True)
+class LowDimLayout:
+    """Which fields a checkpoint's per-frame low-dim state holds, inferred from its size."""
+
+    fields: tuple[tuple[str, int], ...]
+
+    @property
+    def size(self) -> int:
+        return sum(n for _, n in self.fields)
+
+    @property
+    def needs_privileged(self) -> bool:
+        return any(name == "cube_pos" for name, _ in self.fields)
+
+    @classmethod
+    def infer(cls, low_dim_size: int, frame_stack: int) -> LowDimLayout:
+        if frame_stack <= 0 or low_dim_size % frame_stack:
+            raise LowDimLayoutError(
+                f"low-dim size {low_dim_size} is not a multiple of frame stack {frame_stack}")
+        per_frame = low_dim_size // frame_stack
+        if per_frame == BASE_SIZE:
+            return cls(BASE_FIELDS)
+        if per_frame == BASE_SIZE + 3:
+            return cls(BASE_FIELDS + PRIVILEGED_FIELDS)
+        raise LowDimLayoutError(
+            f"unknown low-dim layout: {per_frame} values per frame ({low_dim_size} / "
+            f"{frame_stack}); known: {BASE_SIZE} (pick-101) and {BASE_SIZE + 3} "
+            "(pick-101 with privileged cube_pos)")
+
+
+def build_low_dim(layout: LowDimLayout, joint_pos: np.ndarray, joint_vel: np.ndarray,
+                  gripper_xyz: np.ndarray, gripper_euler: np.ndarray,
+                  cube_pos: np.ndarray | None = None) -> np.ndarray:
+    """One frame of low-dim state in ``layout`` order, float32. Raises on non-finite input."""
+    parts = {
+        "joint_pos": joint_pos,
+        "joint_vel": joint_vel,
+        "gripper_xyz": gripper_xyz,
+        "gripper_euler": gripper_euler,
+        "cube_pos": cube_pos,
+    }
+    out = []
+    for name, n in layout.fields:
+        v = parts[name]
+        if v is None:
+            raise LowDimLayoutError(f"{name} is required by this checkpoint but not available")
+        v = np.asarray(v, dtype=np.float32).reshape(-1)
+        if v.shape[0] != n:
+            raise LowDimLayoutError(f"{name} has {v.shape[0]} values, expected {n}")
+        out.append(v)
+    vec = np.concatenate(out)
+    if not np.all(np.isfinite(vec)):
+        raise ValueError("low-dim state has NaN/Inf values")
+    return vec

@@ -1,0 +1,65 @@
+"""HIL fine-tuning of a DrQ-v2 policy on the SO-101: the node graph of drqv2_ros.
+
+    ros2 launch drqv2_ros finetune.launch.py mode:=sim checkpoint:=/path/to/ckpt
+    ros2 launch drqv2_ros finetune.launch.py mode:=real checkpoint:=... operator:=joy
+
+The node list lives in drqv2_ros.bringup.graph (also used by `drqv2-ros launch`).
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from drqv2_ros.bringup.graph import GraphOptions, build_graph
+
+ARGUMENTS = (
+    ("mode", "sim", "sim (MuJoCo SO-101) or real (Feetech arm + camera)"),
+    ("checkpoint", "", "converted checkpoint folder or RoboBase .pt snapshot"),
+    ("params_file", "", "extra parameters YAML applied after config/*.yaml"),
+    ("namespace", "", "namespace for every node"),
+    ("use_sim_time", "false", "use /clock"),
+    ("log_level", "info", "log level of every node"),
+    ("record", "false", "record the demo topic set into a rosbag2 bag"),
+    ("bag", "", "bag output path when recording"),
+    ("demo_mode", "false", "policy off, the operator drives (demonstrations)"),
+    ("learner", "true", "start the learner"),
+    ("operator", "joy", "joy | gamepad | scripted (sim only) | none"),
+    ("output_dir", "", "learner output directory"),
+)
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _nodes(context, *args, **kwargs):
+    get = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
+    opt = GraphOptions(
+        mode=get("mode"), checkpoint=get("checkpoint"), namespace=get("namespace"),
+        use_sim_time=_truthy(get("use_sim_time")), log_level=get("log_level"),
+        record=_truthy(get("record")), bag_path=get("bag"),
+        demo_mode=_truthy(get("demo_mode")), learner=_truthy(get("learner")),
+        operator=get("operator"), output_dir=get("output_dir"),
+        extra_params_file=get("params_file"))
+    config_dir = os.path.join(get_package_share_directory("drqv2_ros"), "config")
+    actions = []
+    for spec in build_graph(opt):
+        params = [os.path.join(config_dir, f) for f in spec.params_files]
+        if opt.extra_params_file:
+            params.append(opt.extra_params_file)
+        params.append(dict(spec.parameters))
+        actions.append(Node(
+            package=spec.package, executable=spec.executable, name=spec.name,
+            namespace=opt.namespace, parameters=params, output="screen", emulate_tty=True,
+            arguments=["--ros-args", "--log-level", opt.log_level]))
+    return actions
+
+
+def generate_launch_description():
+    return LaunchDescription(
+        [DeclareLaunchArgument(n, default_value=d, description=h) for n, d, h in ARGUMENTS]
+        + [OpaqueFunction(function=_nodes)])
