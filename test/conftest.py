@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ros_harness import NodeProcess, Probe, allocate_domain_id, ros_environment  # noqa: E402
+from ros_harness import NodeProcess, Probe, allocate_domain_id, ros_environment
 
 SHARED = Path(os.environ.get("DRQV2_SHARED_DIR",
                              Path(__file__).resolve().parents[2] / "shared"))

@@ -57,7 +57,7 @@ class NodeProcess:
             elif isinstance(v, list | tuple):
                 v = "[" + ",".join(str(x) for x in v) + "]"
             cmd += ["-p", f"{k}:={v}"]
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      cwd=str(ROOT), start_new_session=True)
 

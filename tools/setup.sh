@@ -75,7 +75,7 @@ fi
 # Interfaces (msg/, srv/) with CMake into the venv prefix; the Python package itself is
 # installed editable by pip below (DRQV2_INSTALL_PYTHON=OFF).
 ikey="$(hash_of "$ROOT"/msg/*.msg "$ROOT"/srv/*.srv "$ROOT/CMakeLists.txt" "$ROOT/package.xml")-$pkey"
-if ! stamp_ok interfaces "$ikey"; then
+if ! stamp_ok interfaces "$ikey" || [ ! -d "$SITE/drqv2_ros/srv" ]; then
   log "building ROS 2 interfaces (msg/, srv/)"
   BUILD="$VENV/build/drqv2_ros"
   rm -rf "$BUILD"; mkdir -p "$BUILD"
@@ -94,5 +94,24 @@ if ! stamp_ok interfaces "$ikey"; then
   rm -f "$SITE/drqv2_ros/__init__.py"
   stamp_set interfaces "$ikey"
 fi
+
+# >>> feetech backend: LeRobot's SO-101 follower (docs/feetech.md) >>>
+# lerobot itself goes in with --no-deps (its metadata pins torch < 2.11 and torchvision);
+# tools/requirements-lerobot.txt lists what the follower + Feetech bus path really imports,
+# installed with torch==2.13.0 alongside so pip cannot move torch. Verified by importing it.
+LEROBOT_VERSION=0.4.4
+LREQ="$ROOT/tools/requirements-lerobot.txt"
+lkey="$(hash_of "$LREQ")-lerobot$LEROBOT_VERSION-$pkey"
+if ! stamp_ok lerobot "$lkey"; then
+  log "installing lerobot $LEROBOT_VERSION (--no-deps) and its SO-101 follower's dependencies"
+  LLOG="$STAMPS/lerobot-pip.log"
+  { "$VPY" -m pip install -q -r "$LREQ" torch==2.13.0 \
+      && "$VPY" -m pip install -q --no-deps "lerobot==$LEROBOT_VERSION"; } >"$LLOG" 2>&1 \
+    || { tail -40 "$LLOG" >&2; exit 1; }
+  "$VPY" -c 'from drqv2_ros.robot.feetech_backend import import_lerobot_follower as f; f()' \
+    >>"$LLOG" 2>&1 || { tail -40 "$LLOG" >&2; log "LeRobot's SO-101 follower does not import"; exit 1; }
+  stamp_set lerobot "$lkey"
+fi
+# <<< feetech backend <<<
 
 log "ready: $VENV"

@@ -29,6 +29,11 @@ class IncompatibleCheckpoint(ValueError):
 class PolicyRunner:
     def __init__(self, policy: DrQV2Policy, *, source: str = "", weights_version: int = -1,
                  schedule_step: int | None = None, seed: int = 0):
+        # The actor needs the encoder and the actor network only: the critics stay with the
+        # learner (less memory, and weight pushes copy a quarter of the tensors).
+        for name in ("critic", "critic_target"):
+            if name in policy._modules:
+                setattr(policy, name, torch.nn.Module())  # parameter-free placeholder
         self.policy = policy.eval()
         self.config: DrQV2Config = policy.config
         self.source = source

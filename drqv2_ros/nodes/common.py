@@ -16,7 +16,11 @@ from typing import Any, TypeVar
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import (
+    ExternalShutdownException,
+    MultiThreadedExecutor,
+    SingleThreadedExecutor,
+)
 from rclpy.node import Node
 from rclpy.qos import (
     HistoryPolicy,
@@ -37,7 +41,7 @@ def reliable_qos(depth: int = 10) -> QoSProfile:
     )
 
 
-def param(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+def param(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field that is also a documented ROS parameter."""
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help})
@@ -153,13 +157,19 @@ def numpy_to_image(img: np.ndarray, stamp_ns: int, frame_id: str, encoding: str 
 
 # -- running -------------------------------------------------------------------------------
 
-def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
-    """Init rclpy, spin ``factory()`` in a single-threaded executor (inference and torch
-    work must not share a multi-threaded executor on small CPUs), and shut down cleanly on
-    Ctrl-C / SIGTERM. Returns a process exit code."""
+def run_node(factory: Callable[[], Node], args: list[str] | None = None, *,
+             threads: int = 1) -> int:
+    """Init rclpy, spin ``factory()`` and shut down cleanly on Ctrl-C / SIGTERM. Returns a
+    process exit code.
+
+    ``threads=1``: a single-threaded executor (inference and torch work must not share a
+    multi-threaded executor on small CPUs). A node that must answer a slow service without
+    stalling its control timer uses ``threads=2`` and puts that service alone in a callback
+    group of its own; everything else stays in the node's default (mutually exclusive)
+    group, so it still runs one callback at a time."""
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
-    executor = SingleThreadedExecutor()
+    executor = SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(threads)
 
     def _term(signum, frame):  # SIGTERM from launch / the process launcher
         raise KeyboardInterrupt
@@ -182,7 +192,7 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
             if close is not None:
                 try:
                     close()
-                except Exception as exc:  # noqa: BLE001 - shutdown must go on
+                except Exception as exc:
                     print(f"close failed: {exc}", file=sys.stderr)
             executor.remove_node(node)
             node.destroy_node()

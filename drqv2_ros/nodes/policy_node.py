@@ -9,21 +9,24 @@ only wires topics, parameters and services to it.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.task import Future
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32, String
 from std_srvs.srv import Trigger
 
 from drqv2_ros.acting.control_loop import ControlLoop, Event, LoopConfig
-from drqv2_ros.acting.policy_runner import describe, load_runner
+from drqv2_ros.acting.policy_runner import PolicyRunner, describe, load_runner
 from drqv2_ros.acting.weights import WeightsError, WeightsPacket
 from drqv2_ros.msg import (
     EndEffectorCommand,
@@ -72,6 +75,8 @@ class PolicyParams:
     reset_timeout_s: float = param(10.0, "how long to wait for the driver's reset_episode, s")
     weights_timeout_s: float = param(30.0, "warn when no learner weights arrived for this long, s")
     seed: int = param(0, "exploration noise seed")
+    follow_learner: bool = param(True, "apply learner weight pushes (false: keep the loaded "
+                                       "checkpoint, e.g. for evaluation)")
 
 
 class PolicyNode(Node):
@@ -110,6 +115,9 @@ class PolicyNode(Node):
         self._reset_deadline = 0.0
         self._last_weights_time = time.monotonic()
         self._weights_warned = False
+        self._last_tick_t: float | None = None
+        self._max_gap = 0.0
+        self.missed_ticks = 0  # timer periods in which no tick ran (gap > 1.5 periods)
 
         self.cmd_pub = self.create_publisher(EndEffectorCommand, "ee_command", reliable_qos(1))
         self.step_pub = self.create_publisher(Step, "step", reliable_qos(100))
@@ -124,7 +132,13 @@ class PolicyNode(Node):
         if runner.layout.needs_privileged:
             self.create_subscription(SimState, "sim/state", self._on_sim_state, reliable_qos(1))
         self.reset_client = self.create_client(Trigger, "reset_episode")
-        self.create_service(LoadCheckpoint, "load_checkpoint", self._on_load_checkpoint)
+        # The hot-swap service has its own callback group (and executor thread): loading and
+        # validating a checkpoint never delays a control tick.
+        self.create_service(LoadCheckpoint, "load_checkpoint", self._on_load_checkpoint,
+                            callback_group=MutuallyExclusiveCallbackGroup())
+        # Loading runs in one long-lived thread at a lower CPU priority than the control loop.
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt_loader",
+                                          initializer=_lower_thread_priority)
         self.timer = self.create_timer(1.0 / p.control_rate_hz, self._tick)
         self.create_timer(1.0, self._publish_status)
         self.get_logger().info(f"policy ready: {describe(runner)}")
@@ -182,16 +196,24 @@ class PolicyNode(Node):
         self.loop.on_reward(float(msg.data))
 
     def _on_weights(self, msg: PolicyWeights) -> None:
+        if not self.p.follow_learner:
+            return
         packet = WeightsPacket(int(msg.version), int(msg.learner_step), msg.run_id, msg.sha256,
                                bytes(msg.data))
         cur = self.runner
         if packet.run_id == cur.run_id and packet.version <= cur.weights_version:
             return  # an older or repeated push
+        # Verify, decode and copy in the loader thread: the control tick never waits on it.
+        self._loader.submit(self._apply_weights, cur, packet)
+
+    def _apply_weights(self, cur: PolicyRunner, packet: WeightsPacket) -> None:
         try:
             runner = cur.with_weights(packet)
         except WeightsError as exc:
             return self._bad("policy_weights", exc)
         with self._swap_lock:
+            if self.runner is not cur:  # a hot-swap happened meanwhile: it wins
+                return
             self.runner = runner
             self.loop.swap_policy(runner)
         self._last_weights_time = time.monotonic()
@@ -200,22 +222,15 @@ class PolicyNode(Node):
                                f"(step {packet.learner_step})", throttle_duration_sec=10.0)
 
     # -- hot-swap (validation off the control thread) -------------------------------------
-    async def _on_load_checkpoint(self, request, response):
-        done = Future()
-
-        def work():
-            try:
-                runner = load_runner(request.path, image_shape=self._image_shape,
-                                     root=self.p.checkpoint_root)
-                if runner.layout.needs_privileged and self.p.privileged_low_dim != "sim_state":
-                    raise ValueError("checkpoint needs the privileged cube position")
-                done.set_result(runner)
-            except Exception as exc:  # every refusal becomes a clear answer
-                done.set_result(exc)
-
+    def _on_load_checkpoint(self, request, response):
         t0 = time.monotonic()
-        threading.Thread(target=work, name="load_checkpoint", daemon=True).start()
-        result = await done
+        try:
+            result = self._loader.submit(load_runner, request.path, image_shape=self._image_shape,
+                                         root=self.p.checkpoint_root).result()
+            if result.layout.needs_privileged and self.p.privileged_low_dim != "sim_state":
+                raise ValueError("checkpoint needs the privileged cube position")
+        except Exception as exc:  # every refusal becomes a clear answer
+            result = exc
         if isinstance(result, Exception):
             response.success = False
             response.message = f"refused {request.path}: {type(result).__name__}: {result}"
@@ -235,6 +250,13 @@ class PolicyNode(Node):
     # -- the control tick ------------------------------------------------------------------
     def _tick(self) -> None:
         now = self.get_clock().now().nanoseconds
+        t = time.monotonic()
+        if self._last_tick_t is not None:
+            gap = t - self._last_tick_t
+            self._max_gap = max(self._max_gap, gap)
+            if gap > 1.5 / self.p.control_rate_hz:
+                self.missed_ticks += 1
+        self._last_tick_t = t
         self._service_reset(now)
         try:
             res = self.loop.tick(now)
@@ -288,6 +310,9 @@ class PolicyNode(Node):
             self.get_logger().error("reset_episode timed out; asking again")
             self._reset_future = None
 
+    def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
     def _publish_status(self) -> None:
         lat = np.array(self.latencies_ms[-200:]) if self.latencies_ms else np.zeros(1)
         st = self.loop.stats
@@ -299,7 +324,10 @@ class PolicyNode(Node):
             "schedule_step": self.runner.schedule_step,
             "latency_ms_p50": float(np.percentile(lat, 50)),
             "latency_ms_p99": float(np.percentile(lat, 99)),
+            "pid": os.getpid(), "missed_ticks": self.missed_ticks,
+            "max_tick_gap_ms": 1000.0 * self._max_gap,
         }
+        self._max_gap = 0.0
         self.status_pub.publish(String(data=json.dumps(status)))
         if (self.p.policy_enabled and not self._weights_warned and
                 time.monotonic() - self._last_weights_time > self.p.weights_timeout_s):
@@ -309,8 +337,17 @@ class PolicyNode(Node):
                 f"last ones ({self.runner.source}, v{self.runner.weights_version})")
 
 
+def _lower_thread_priority() -> None:
+    """Linux: niceness is per thread; the loader yields the CPU to the control loop."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(args=None) -> int:
-    return run_node(PolicyNode, args)
+    torch.set_num_threads(1)  # batch-1 inference: more threads only fight the other nodes
+    return run_node(PolicyNode, args, threads=2)
 
 
 if __name__ == "__main__":

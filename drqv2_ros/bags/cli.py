@@ -1,0 +1,193 @@
+"""``drqv2-ros record | ingest | export``: the bag commands (dispatched by drqv2_ros/cli.py).
+
+Each ``*_main(argv)`` returns a process exit code: 0 done, 1 refused input (bag, shapes),
+2 usage error, 3 export unavailable here (LeRobot cannot be imported)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
+
+
+def _config_file(name: str) -> Path | None:
+    """config/<name> from the installed share dir, else the source tree."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        p = Path(get_package_share_directory("drqv2_ros")) / "config" / name
+        if p.is_file():
+            return p
+    except Exception:
+        pass
+    p = REPO_CONFIG / name
+    return p if p.is_file() else None
+
+
+def _err(cmd: str, msg: str) -> None:
+    print(f"drqv2-ros {cmd}: error: {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------- record
+
+def record_main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args: list[str] = []
+    if "--ros-args" in argv:
+        i = argv.index("--ros-args")
+        argv, ros_args = argv[:i], argv[i:]
+    ap = argparse.ArgumentParser(
+        prog="drqv2-ros record",
+        description="Record a topic set (default: the demo set of config/recorder.yaml) into a "
+                    "rosbag2 bag until Ctrl-C / SIGTERM. Anything after --ros-args goes to the "
+                    "node (remaps, namespace, use_sim_time).")
+    ap.add_argument("-o", "--output", default="",
+                    help="bag directory to create (default bags/demo_YYYYmmdd_HHMMSS)")
+    ap.add_argument("-s", "--storage", choices=["mcap", "sqlite3"], default=None,
+                    help="storage plugin (default: the config's, mcap)")
+    ap.add_argument("--topics", nargs="+", default=None,
+                    help="topics to record instead of the config's set")
+    ap.add_argument("--config", default=None,
+                    help="recorder params file (default config/recorder.yaml)")
+    args = ap.parse_args(argv)
+    config = Path(args.config) if args.config else _config_file("recorder.yaml")
+    if args.config and not config.is_file():
+        _err("record", f"no params file {config}")
+        return 2
+    node_args = ["drqv2-ros-record", "--ros-args"]
+    if config is not None:
+        node_args += ["--params-file", str(config)]
+    if args.output:
+        node_args += ["-p", f"output:={args.output}"]
+    if args.storage:
+        node_args += ["-p", f"storage:={args.storage}"]
+    if args.topics:
+        node_args += ["-p", "topics:=[" + ",".join(args.topics) + "]"]
+    node_args += ros_args
+    from drqv2_ros.nodes.recorder_node import main as recorder_main
+
+    return recorder_main(node_args)
+
+
+# ------------------------------------------------------------------------------- ingest
+
+def ingest_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="drqv2-ros ingest",
+        description="Rebuild transitions from the `step` messages of demo bags into a replay "
+                    "buffer (created if DIR holds none). Shapes come from the existing buffer, "
+                    "--checkpoint, the size options, or else the first bag's steps.")
+    ap.add_argument("bags", nargs="+", help="bag directories or .mcap/.db3 files, in order")
+    ap.add_argument("--buffer", required=True, help="replay buffer directory")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="converted checkpoint dir (its config.json)")
+    src.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                     help="policy image size (with --low-dim and --action-size)")
+    ap.add_argument("--views", type=int, default=1, help="camera views (with --image-size)")
+    ap.add_argument("--low-dim", type=int, help="single-frame low-dim size")
+    ap.add_argument("--action-size", type=int, help="action size")
+    ap.add_argument("--capacity", type=int, help="steps (new buffer; default: the bags' steps)")
+    ap.add_argument("--frame-stack", type=int, help="new buffer (default checkpoint's or 3)")
+    ap.add_argument("--nstep", type=int, help="new buffer (default checkpoint's or 3)")
+    ap.add_argument("--discount", type=float, help="new buffer (default checkpoint's or 0.99)")
+    ap.add_argument("--step-topic", help="Step topic name (default: the bag's only one, /step)")
+    ap.add_argument("--demo-flags", choices=["auto", "keep", "all"], default="auto",
+                    help="auto: flag episodes is_demo unless their steps carry demo flags; "
+                         "keep: as recorded; all: every transition")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--summary-json", help="also write the summary as JSON here")
+    args = ap.parse_args(argv)
+
+    from drqv2_ros.bags.ingest import (
+        BagError,
+        TargetShapes,
+        check_bags,
+        count_step_messages,
+        infer_target,
+        ingest_bags,
+    )
+    from drqv2_ros.learning.replay_buffer import ReplayBuffer
+
+    try:
+        target = None
+        if args.checkpoint:
+            target = TargetShapes.from_checkpoint(args.checkpoint)
+        elif args.image_size:
+            if args.low_dim is None or args.action_size is None:
+                _err("ingest", "--image-size needs --low-dim and --action-size")
+                return 2
+            h, w = args.image_size
+            target = TargetShapes((args.views, 3, h, w), args.low_dim, args.action_size,
+                                  "the given sizes")
+        buffer_dir = Path(args.buffer)
+        if (buffer_dir / "spec.json").is_file():
+            buffer = ReplayBuffer.open(buffer_dir)
+        else:
+            if target is None:
+                target = infer_target(args.bags, args.step_topic)
+                print(f"shapes from the bag steps: {target.describe()}", flush=True)
+            checked = check_bags(args.bags, target, step_topic=args.step_topic)
+            fs = args.frame_stack or target.frame_stack
+            ns = args.nstep or target.nstep
+            capacity = args.capacity or count_step_messages(checked)
+            capacity = max(int(capacity), fs + ns + 1)
+            buffer = ReplayBuffer(buffer_dir, capacity=capacity, image_shape=target.image_shape,
+                                  low_dim_size=target.low_dim_size,
+                                  action_size=target.action_size, frame_stack=fs, nstep=ns,
+                                  discount=args.discount if args.discount is not None
+                                  else target.discount)
+        try:
+            summary = ingest_bags(args.bags, buffer, step_topic=args.step_topic,
+                                  demo_flags=args.demo_flags, target=target,
+                                  progress=not args.no_progress)
+        finally:
+            buffer.close()
+    except (BagError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        _err("ingest", str(exc))
+        return 1
+    print(summary.format(), flush=True)
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
+    return 0
+
+
+# ------------------------------------------------------------------------------- export
+
+def export_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="drqv2-ros export",
+        description="Export the complete episodes of bags to a LeRobot dataset directory "
+                    "(written whole or not at all). Needs a working lerobot LeRobotDataset.")
+    ap.add_argument("paths", nargs="+", metavar="BAG... OUT_DIR")
+    ap.add_argument("--fps", type=int, help="dataset fps (default: from the step stamps)")
+    ap.add_argument("--task", default=None, help="task string of every episode")
+    ap.add_argument("--repo-id", default=None, help="dataset repo id (default local/<OUT_DIR>)")
+    ap.add_argument("--step-topic", help="Step topic name")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if len(args.paths) < 2:
+        _err("export", "give at least one BAG and the OUT_DIR")
+        return 2
+    *bags, out = args.paths
+
+    from drqv2_ros.bags.export import DEFAULT_TASK, ExportUnavailable, export_bags
+    from drqv2_ros.bags.ingest import BagError
+
+    if Path(out).exists():
+        _err("export", f"{out} exists; export writes a new dataset directory")
+        return 2
+    try:
+        summary = export_bags(bags, out, repo_id=args.repo_id, fps=args.fps,
+                              task=args.task or DEFAULT_TASK, step_topic=args.step_topic,
+                              progress=not args.no_progress)
+    except ExportUnavailable as exc:
+        _err("export", f"cannot export here: {exc}")
+        return 3
+    except (BagError, ValueError, FileExistsError) as exc:
+        _err("export", str(exc))
+        return 1
+    print(summary.format(), flush=True)
+    return 0

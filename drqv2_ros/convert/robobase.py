@@ -1,0 +1,752 @@
+"""Convert a RoboBase DrQ-v2 snapshot (``latest_snapshot.pt``) into a policy folder.
+
+A RoboBase snapshot is ``torch.save({'_pretrain_step', '_main_loop_iterations',
+'_global_env_episode', 'cfg': omegaconf DictConfig, 'agent': DrQV2.state_dict()})``. The
+converter
+
+1. loads it with the restricted unpickler of :mod:`drqv2_ros.convert.safe_pickle`
+   (a pickle naming any other global is refused, nothing executed);
+2. infers every dimension from the weights (views, channels, frame stack, image size,
+   low-dim size, action dim, encoder channels, MLP widths, bottleneck, number of critics),
+   using the cfg only to split channels into frames and to pick the image size;
+3. drops the unused ``*hidden_state`` RNN buffers and the duplicate ``actor_model.*`` copy of
+   the actor (after checking it is identical to ``actor.actor_model.*``);
+4. carries the DrQ-v2 hyper-parameters over from the cfg and lists those it had to default;
+5. validates every tensor (names, shapes, finite values) against a freshly built
+   :class:`~drqv2_ros.policy.modeling_drqv2.DrQV2Policy`;
+6. writes ``config.json`` + ``model.safetensors`` (+ ``conversion_report.json``) into a temp
+   folder next to ``out_dir`` and renames it into place, so a failure leaves nothing behind.
+
+Every failure raises :class:`CheckpointError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from drqv2_ros.convert.safe_pickle import UnsafePickleError, safe_torch_load, to_plain
+from drqv2_ros.policy.configuration_drqv2 import (
+    CONFIG_NAME,
+    ConfigError,
+    DrQV2Config,
+    default_low_dim_layout,
+)
+from drqv2_ros.policy.modeling_drqv2 import (
+    WEIGHTS_NAME,
+    CheckpointError,
+    DrQV2Model,
+    DrQV2Policy,
+    check_state_dict,
+)
+
+__all__ = [
+    "CheckpointError",
+    "UnsafePickleError",
+    "ConversionReport",
+    "REPORT_NAME",
+    "convert_snapshot",
+    "policy_from_snapshot",
+    "load_checkpoint_any",
+    "make_robobase_snapshot",
+    "robobase_cfg_for",
+]
+
+REPORT_NAME = "conversion_report.json"
+SNAPSHOT_KEYS = ("agent", "cfg")
+COUNTER_KEYS = {
+    "main_loop_iterations": "_main_loop_iterations",
+    "pretrain_step": "_pretrain_step",
+    "global_env_episode": "_global_env_episode",
+}
+# Keys whose presence identifies a RoboBase DrQ-v2 agent state dict.
+REQUIRED_AGENT_KEYS = (
+    "encoder.convs_per_cam.0.0.weight",
+    "actor.actor_model.input_preprocess_modules.fused_view_feats.0.weight",
+    "actor.actor_model.main_mlp.0.weight",
+    "actor.actor_model.out_mlp.0.weight",
+    "critic.qs.0.input_preprocess_modules.fused_view_feats.0.weight",
+    "critic.qs.0.main_mlp.0.weight",
+    "critic.qs.0.out_mlp.0.weight",
+    "critic_target.qs.0.main_mlp.0.weight",
+)
+# DrQV2Config field -> path in the RoboBase cfg (after interpolation).
+HYPERPARAM_PATHS = {
+    "stddev_schedule": "method.stddev_schedule",
+    "stddev_clip": "method.stddev_clip",
+    "critic_target_tau": "method.critic_target_tau",
+    "discount": "replay.gamma",
+    "nstep": "replay.nstep",
+    "actor_lr": "method.actor_lr",
+    "critic_lr": "method.critic_lr",
+    "encoder_lr": "method.encoder_lr",
+    "view_fusion_lr": "method.view_fusion_lr",
+    "weight_decay": "method.weight_decay",
+    "use_augmentation": "method.use_augmentation",
+    "batch_size": "batch_size",
+    "num_train_envs": "num_train_envs",
+    "action_repeat": "action_repeat",
+}
+_MISSING = object()
+
+
+@dataclass
+class ConversionReport:
+    """What the converter found, carried over, defaulted and dropped."""
+
+    snapshot_path: str
+    out_dir: str | None
+    sha256: str
+    config: DrQV2Config
+    # Shape facts read from the weights, e.g. {"num_views": 1, "in_channels": 9, ...}.
+    inferred: dict[str, Any] = field(default_factory=dict)
+    # Hyper-parameters taken from the snapshot cfg: field -> {"from": cfg path, "value": v}.
+    carried: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Config fields not found in the snapshot, set to defaults (same as config.defaulted).
+    defaulted: list[str] = field(default_factory=list)
+    # Snapshot keys not stored (hidden_state buffers, duplicate actor copy).
+    dropped_keys: list[str] = field(default_factory=list)
+    num_tensors: int = 0
+    num_parameters: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["config"] = self.config.to_dict()
+        return d
+
+    def summary(self) -> str:
+        """Human-readable multi-line summary (printed by ``drqv2-ros convert``)."""
+        c = self.config
+        lines = [
+            f"snapshot      {self.snapshot_path}",
+            f"  sha256      {self.sha256}",
+        ]
+        if self.out_dir:
+            lines.append(f"written to    {self.out_dir}")
+        lines += [
+            "inferred from the weights:",
+            f"  cameras     {c.num_views} {c.camera_names}, {c.frame_stack} frame(s) x "
+            f"{c.channels_per_frame} ch, {c.image_height}x{c.image_width} "
+            f"-> {c.feat_per_view} feats/view (fused {c.fused_dim})",
+            f"  low_dim     {c.low_dim_size} = {c.frame_stack} x {c.low_dim_per_frame} "
+            f"{[tuple(e) for e in c.low_dim_layout]}",
+            f"  action_dim  {c.action_dim} (sequence {c.action_sequence})",
+            f"  encoder     {c.encoder_num_downsample_convs + c.encoder_num_post_downsample_convs}"
+            f" convs x {c.encoder_channels} ch, kernel {c.encoder_kernel_size}",
+            f"  actor mlp   {c.actor_mlp_nodes}, critic mlp {c.critic_mlp_nodes}, "
+            f"bottleneck {c.bottleneck_size}, num_critics {c.num_critics}"
+            + (f", time_obs {c.time_obs_size}" if c.time_obs_size else ""),
+            f"  tensors     {self.num_tensors} stored, {self.num_parameters} parameters, "
+            f"{len(self.dropped_keys)} dropped (hidden_state buffers, duplicate actor)",
+            "hyper-parameters carried over from the snapshot cfg:",
+        ]
+        for name, info in self.carried.items():
+            lines.append(f"  {name:<20} = {info['value']!r:<28} ({info['from']})")
+        lines.append(
+            f"counters      main_loop_iterations {c.main_loop_iterations}, pretrain_step "
+            f"{c.pretrain_step}, global_env_episode {c.global_env_episode}"
+        )
+        if self.defaulted:
+            lines.append("defaulted (not in the snapshot):")
+            for name in self.defaulted:
+                lines.append(f"  {name:<20} = {getattr(c, name)!r}")
+        for w in self.warnings:
+            lines.append(f"warning: {w}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cfg_get(cfg: Mapping, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    if node is None or (isinstance(node, str) and (node == "???" or "${" in node)):
+        return _MISSING
+    return node
+
+
+def _layer_indices(sd: Mapping[str, torch.Tensor], prefix: str) -> list[int]:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.weight$")
+    return sorted(int(m.group(1)) for k in sd if (m := pat.match(k)))
+
+
+def _count_indexed(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    idx = {int(m.group(1)) for k in sd if (m := pat.match(k))}
+    if idx and idx != set(range(len(idx))):
+        raise CheckpointError(f"inconsistent shapes: {prefix}<i> indices {sorted(idx)} have gaps")
+    return len(idx)
+
+
+def _mlp_widths(sd: Mapping[str, torch.Tensor], prefix: str) -> list[int]:
+    idx = _layer_indices(sd, prefix + "main_mlp.")
+    if idx != [3 * i for i in range(len(idx))] or not idx:
+        raise CheckpointError(
+            f"inconsistent shapes: {prefix}main_mlp Linear layers at {idx}, expected 0, 3, 6..."
+        )
+    return [int(sd[f"{prefix}main_mlp.{i}.weight"].shape[0]) for i in idx]
+
+
+def _infer(agent: Mapping[str, torch.Tensor], cfg: dict) -> tuple[dict[str, Any], list[str]]:
+    """Architecture fields of DrQV2Config from the weights (+ cfg for frames/image size)."""
+    warnings: list[str] = []
+    num_views = _count_indexed(agent, "encoder.convs_per_cam.")
+    conv_idx = _layer_indices(agent, "encoder.convs_per_cam.0.")
+    if conv_idx != [3 * i for i in range(len(conv_idx))]:
+        raise CheckpointError(
+            f"inconsistent shapes: encoder convs at indices {conv_idx}, expected 0, 3, 6..."
+        )
+    w0 = agent["encoder.convs_per_cam.0.0.weight"]
+    if w0.dim() != 4 or w0.shape[2] != w0.shape[3]:
+        raise CheckpointError(f"inconsistent shapes: first conv weight {tuple(w0.shape)}")
+    channels, in_channels, kernel = int(w0.shape[0]), int(w0.shape[1]), int(w0.shape[2])
+    for i in conv_idx[1:]:
+        w = agent[f"encoder.convs_per_cam.0.{i}.weight"]
+        if tuple(w.shape) != (channels, channels, kernel, kernel):
+            raise CheckpointError(
+                f"inconsistent shapes: encoder.convs_per_cam.0.{i}.weight {tuple(w.shape)}, "
+                f"expected {(channels, channels, kernel, kernel)}"
+            )
+    n_convs = len(conv_idx)
+
+    # Frame stack: RoboBase stacks frames on the channel axis (frame_stack_on_channel).
+    frame_stack = _cfg_get(cfg, "frame_stack")
+    if _cfg_get(cfg, "frame_stack_on_channel") is False:
+        raise CheckpointError(
+            "snapshot uses frame_stack_on_channel=false (RNN over time); not supported"
+        )
+    if isinstance(frame_stack, int) and frame_stack > 0 and in_channels % frame_stack == 0:
+        channels_per_frame = in_channels // frame_stack
+    else:
+        channels_per_frame = 3
+        if in_channels % 3:
+            raise CheckpointError(
+                f"inconsistent shapes: encoder in-channels {in_channels} not a multiple of 3 "
+                "and no usable cfg.frame_stack"
+            )
+        if frame_stack is not _MISSING:
+            warnings.append(f"cfg.frame_stack={frame_stack!r} does not divide {in_channels}")
+        frame_stack = in_channels // 3
+
+    # Image size and downsample count from the fused feature size.
+    fused_key = "actor.actor_model.input_preprocess_modules.fused_view_feats.0.weight"
+    fused_in = int(agent[fused_key].shape[1])
+    if fused_in % num_views:
+        raise CheckpointError(
+            f"inconsistent shapes: fused features {fused_in} not divisible by {num_views} views"
+        )
+    per_view = fused_in // num_views
+    n_down_cfg = _cfg_get(cfg, "method.encoder_model.num_downsample_convs")
+    n_down = n_down_cfg if isinstance(n_down_cfg, int) and 0 <= n_down_cfg <= n_convs else 1
+
+    def out_hw(s: int, down: int) -> int:
+        for _ in range(down):
+            s = (s - kernel) // 2 + 1
+        for _ in range(n_convs - down):
+            s = s - kernel + 1
+        return s
+
+    shape = _cfg_get(cfg, "visual_observation_shape")
+    h = w = None
+    if isinstance(shape, list) and len(shape) == 2 and all(isinstance(x, int) for x in shape):
+        h, w = shape
+        if channels * out_hw(h, n_down) * out_hw(w, n_down) != per_view:
+            raise CheckpointError(
+                f"inconsistent shapes: cfg image {h}x{w} gives {channels}x{out_hw(h, n_down)}x"
+                f"{out_hw(w, n_down)} encoder features, but the actor bottleneck takes {per_view}"
+            )
+    else:
+        for s in range(kernel, 1025):
+            if channels * out_hw(s, n_down) ** 2 == per_view:
+                h = w = s
+                break
+        if h is None:
+            raise CheckpointError(
+                f"inconsistent shapes: no square image size gives {per_view} features per view"
+            )
+        warnings.append(f"image size {h}x{w} inferred from the feature size (not in cfg)")
+
+    actor_p = "actor.actor_model."
+    ipm = actor_p + "input_preprocess_modules."
+    bottleneck = int(agent[ipm + "fused_view_feats.0.weight"].shape[0])
+    low_key = ipm + "low_dim_obs.0.weight"
+    low_dim = int(agent[low_key].shape[1]) if low_key in agent else 0
+    if low_dim % frame_stack:
+        raise CheckpointError(
+            f"inconsistent shapes: low-dim size {low_dim} not divisible by frame_stack "
+            f"{frame_stack}"
+        )
+    seq = _cfg_get(cfg, "action_sequence")
+    seq = seq if isinstance(seq, int) and seq > 0 else 1
+    if seq != 1:
+        raise CheckpointError(f"action_sequence {seq} snapshots are not supported (only 1)")
+    action_dim = int(agent[actor_p + "out_mlp.0.weight"].shape[0])
+    time_key = "critic.qs.0.input_preprocess_modules.time_obs.0.weight"
+    time_obs = int(agent[time_key].shape[1]) if time_key in agent else 0
+    num_critics = _count_indexed(agent, "critic.qs.")
+    n_target = _count_indexed(agent, "critic_target.qs.")
+    if n_target != num_critics:
+        raise CheckpointError(
+            f"inconsistent shapes: {num_critics} critics but {n_target} target critics"
+        )
+    cfg_nc = _cfg_get(cfg, "method.num_critics")
+    if cfg_nc is not _MISSING and cfg_nc != num_critics:
+        warnings.append(f"cfg.method.num_critics={cfg_nc} but the weights hold {num_critics}")
+    return (
+        {
+            "num_views": num_views,
+            "channels_per_frame": channels_per_frame,
+            "image_height": h,
+            "image_width": w,
+            "frame_stack": frame_stack,
+            "low_dim_size": low_dim,
+            "low_dim_per_frame": low_dim // frame_stack,
+            "time_obs_size": time_obs,
+            "action_dim": action_dim,
+            "action_sequence": seq,
+            "encoder_channels": channels,
+            "encoder_num_downsample_convs": n_down,
+            "encoder_num_post_downsample_convs": n_convs - n_down,
+            "encoder_kernel_size": kernel,
+            "bottleneck_size": bottleneck,
+            "actor_mlp_nodes": _mlp_widths(agent, actor_p),
+            "critic_mlp_nodes": _mlp_widths(agent, "critic.qs.0."),
+            "num_critics": num_critics,
+        },
+        warnings,
+    )
+
+
+def _hyperparams(cfg: dict) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
+    defaults = DrQV2Config()
+    values, carried, defaulted = {}, {}, []
+    for name, path in HYPERPARAM_PATHS.items():
+        v = _cfg_get(cfg, path)
+        ref = getattr(defaults, name)
+        if v is _MISSING:
+            defaulted.append(name)
+            continue
+        ok = (
+            isinstance(v, bool)
+            if isinstance(ref, bool)
+            else isinstance(v, int) and not isinstance(v, bool)
+            if isinstance(ref, int)
+            else isinstance(v, (int, float)) and not isinstance(v, bool)
+            if isinstance(ref, float)
+            else isinstance(v, (str, int, float)) and not isinstance(v, bool)
+        )
+        if not ok:
+            raise CheckpointError(f"snapshot cfg.{path} = {v!r} has the wrong type for {name}")
+        values[name] = str(v) if name == "stddev_schedule" else v
+        carried[name] = {"from": f"cfg.{path}", "value": values[name]}
+    return values, carried, defaulted
+
+
+def _camera_names(cfg: dict, num_views: int) -> list[str] | None:
+    for path in ("env.cameras", "env.camera_names", "env.views"):
+        v = _cfg_get(cfg, path)
+        if isinstance(v, list) and len(v) == num_views and all(isinstance(x, str) for x in v):
+            return list(v)
+    return None
+
+
+# ------------------------------------------------------------------------------ the API
+def policy_from_snapshot(
+    snapshot_path: str | os.PathLike,
+    *,
+    progress: bool = False,
+    camera_names: list[str] | None = None,
+) -> tuple[DrQV2Policy, ConversionReport]:
+    """Load, check and convert a RoboBase DrQ-v2 snapshot in memory (nothing written)."""
+    path = Path(snapshot_path)
+    with tqdm(total=4, desc="convert", unit="step", disable=not progress, leave=False) as bar:
+        bar.set_postfix_str("loading (restricted unpickler)")
+        snap = safe_torch_load(path)
+        bar.update()
+        if not isinstance(snap, Mapping):
+            raise CheckpointError(
+                f"{path}: not a RoboBase snapshot (a {type(snap).__name__}, expected a dict with "
+                f"keys {list(SNAPSHOT_KEYS)})"
+            )
+        missing = [k for k in SNAPSHOT_KEYS if k not in snap]
+        if missing:
+            raise CheckpointError(
+                f"{path}: not a RoboBase DrQ-v2 snapshot: missing keys {missing} "
+                f"(has {sorted(map(str, snap))[:8]})"
+            )
+        agent = snap["agent"]
+        if not isinstance(agent, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in agent.items()
+        ):
+            raise CheckpointError(f"{path}: 'agent' is not a state dict of tensors")
+        miss_agent = [k for k in REQUIRED_AGENT_KEYS if k not in agent]
+        if miss_agent:
+            raise CheckpointError(
+                f"{path}: not a RoboBase DrQ-v2 snapshot: agent state dict lacks {miss_agent}"
+            )
+        cfg = to_plain(snap["cfg"])
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"{path}: snapshot cfg is a {type(cfg).__name__}, not a config")
+        target = _cfg_get(cfg, "method._target_")
+        if isinstance(target, str) and "drqv2" not in target.lower():
+            raise CheckpointError(f"{path}: not a DrQ-v2 snapshot (cfg.method._target_ {target})")
+
+        # Split off what is not stored.
+        bar.set_postfix_str("checking tensors")
+        dropped = [k for k in agent if k.endswith("hidden_state")]
+        kept: dict[str, torch.Tensor] = {}
+        dup_actor = {k: v for k, v in agent.items() if k.startswith("actor_model.")}
+        for k, v in agent.items():
+            if k.endswith("hidden_state") or k.startswith("actor_model."):
+                continue
+            kept[k] = v
+        for k, v in dup_actor.items():
+            if k.endswith("hidden_state"):
+                continue
+            twin = "actor." + k
+            if twin not in kept:
+                raise CheckpointError(f"{path}: actor copy {k} has no twin {twin}")
+            same = v.shape == kept[twin].shape and torch.allclose(
+                v, kept[twin], rtol=0.0, atol=0.0, equal_nan=True
+            )
+            if not same:
+                raise CheckpointError(
+                    f"{path}: the two actor copies differ ({k} != {twin}); refusing to guess "
+                    "which one is the trained actor"
+                )
+            dropped.append(k)
+        bar.update()
+
+        arch, warnings = _infer(kept, cfg)
+        values, carried, defaulted = _hyperparams(cfg)
+        if "frame_stack" in cfg:
+            carried["frame_stack"] = {"from": "cfg.frame_stack", "value": arch["frame_stack"]}
+        counters = {}
+        for name, key in COUNTER_KEYS.items():
+            v = snap.get(key, _MISSING)
+            if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+                counters[name] = v
+                carried[name] = {"from": key, "value": v}
+            else:
+                defaulted.append(name)
+        names = camera_names or _camera_names(cfg, arch["num_views"])
+        if names is None:
+            names = ["rgb"] if arch["num_views"] == 1 else [
+                f"rgb_{i}" for i in range(arch["num_views"])
+            ]
+            defaulted.append("camera_names")
+        per_frame = arch["low_dim_per_frame"]
+        defaulted += ["low_dim_layout", "action_scale_m"]
+        try:
+            config = DrQV2Config(
+                camera_names=names,
+                low_dim_layout=default_low_dim_layout(per_frame),
+                source=path.name,
+                defaulted=defaulted,
+                **arch,
+                **values,
+                **counters,
+            )
+        except ConfigError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+
+        bar.set_postfix_str("building policy")
+        policy = DrQV2Policy(config, init_weights=False)
+        expected = policy.state_dict()
+        unexpected = sorted(set(kept) - set(expected))
+        if unexpected:
+            raise CheckpointError(
+                f"{path}: unsupported RoboBase DrQ-v2 variant: unexpected tensors "
+                f"{unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}"
+            )
+        try:
+            check_state_dict(expected, kept, f"{path}: inconsistent snapshot")
+        except CheckpointError as exc:
+            msg = str(exc)
+            raise CheckpointError(msg) from None
+        policy.load_state_dict({k: v.to(torch.float32) for k, v in kept.items()}, strict=True)
+        policy.eval()
+        bar.update()
+        report = ConversionReport(
+            snapshot_path=str(path),
+            out_dir=None,
+            sha256=_sha256(path),
+            config=config,
+            inferred=dict(arch, camera_names=names, fused_dim=config.fused_dim),
+            carried=carried,
+            defaulted=list(config.defaulted),
+            dropped_keys=sorted(dropped),
+            num_tensors=len(kept),
+            num_parameters=sum(v.numel() for v in kept.values()),
+            warnings=warnings,
+        )
+        bar.update()
+    return policy, report
+
+
+def convert_snapshot(
+    snapshot_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    progress: bool = True,
+    force: bool = False,
+    camera_names: list[str] | None = None,
+) -> ConversionReport:
+    """Convert ``snapshot_path`` into ``out_dir`` (config.json + model.safetensors).
+
+    ``out_dir`` must not exist (or be empty) unless ``force``. On any error a
+    :class:`CheckpointError` is raised and ``out_dir`` is left untouched.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise CheckpointError(f"{out_dir}: exists and is not empty (use --force to replace it)")
+    policy, report = policy_from_snapshot(
+        snapshot_path, progress=progress, camera_names=camera_names
+    )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        with tqdm(total=2, desc="write", unit="step", disable=not progress, leave=False) as bar:
+            policy.save_pretrained(tmp)
+            report.out_dir = str(out_dir)
+            (tmp / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            bar.update()
+            # Read back what was written and compare bit for bit before publishing it.
+            again = DrQV2Policy.from_pretrained(tmp)
+            ref = policy.state_dict()
+            for k, v in again.state_dict().items():
+                if not torch.equal(v, ref[k]):
+                    raise CheckpointError(f"{tmp}: read-back mismatch in {k}")
+            bar.update()
+        _publish(tmp, out_dir)
+    except BaseException:
+        report.out_dir = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Move the finished temp folder to ``out_dir`` (replacing an old one atomically-ish)."""
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    old.rmdir()
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint_any(
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu", progress: bool = False
+) -> DrQV2Policy:
+    """A validated :class:`DrQV2Policy` from a converted folder or a RoboBase ``.pt`` snapshot.
+
+    Folders are loaded strictly with ``from_pretrained``; snapshots are converted in memory
+    (same checks as :func:`convert_snapshot`, nothing written). Raises :class:`CheckpointError`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return DrQV2Policy.from_pretrained(path, map_location=map_location)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or folder")
+    policy, _report = policy_from_snapshot(path, progress=progress)
+    return policy.to(map_location)
+
+
+# ---------------------------------------------------------- synthetic RoboBase snapshots
+def robobase_cfg_for(config: DrQV2Config, *, num_train_envs: int | None = None) -> dict:
+    """A RoboBase-shaped cfg dict (same keys as robobase_config.yaml + method/drqv2.yaml)."""
+    n_envs = config.num_train_envs if num_train_envs is None else num_train_envs
+
+    def fc_model(target: str, mlp: list[int], output_shape: Any) -> dict:
+        return {
+            "_target_": target,
+            "_partial_": True,
+            "input_shapes": "???",
+            "output_shape": output_shape,
+            "num_envs": "???",
+            "num_rnn_layers": 1,
+            "rnn_hidden_size": 128,
+            "keys_to_bottleneck": ["fused_view_feats", "low_dim_obs", "time_obs"],
+            "bottleneck_size": config.bottleneck_size,
+            "norm_after_bottleneck": True,
+            "tanh_after_bottleneck": True,
+            "mlp_nodes": list(mlp),
+        }
+
+    actor = fc_model(
+        "robobase.models.MLPWithBottleneckFeaturesAndSequenceOutput", config.actor_mlp_nodes, "???"
+    )
+    actor.update(output_sequence_network_type="rnn", output_sequence_length="${action_sequence}")
+    return {
+        "create_train_env": True,
+        "num_train_envs": n_envs,
+        "replay_size_before_train": 2000,
+        "num_pretrain_steps": 0,
+        "num_train_frames": 1100000,
+        "update_every_steps": 2,
+        "num_explore_steps": 2000,
+        "save_snapshot": True,
+        "snapshot_every_n": 1000,
+        "batch_size": config.batch_size,
+        "pixels": True,
+        "visual_observation_shape": [config.image_height, config.image_width],
+        "frame_stack": config.frame_stack,
+        "frame_stack_on_channel": True,
+        "use_onehot_time_and_no_bootstrap": config.time_obs_size > 0,
+        "action_repeat": config.action_repeat,
+        "action_sequence": config.action_sequence,
+        "replay": {"prioritization": False, "size": 1000000, "gamma": config.discount,
+                   "nstep": config.nstep},
+        "seed": 1,
+        "env": {
+            "env_name": "so101_pick",
+            "stddev_schedule": config.stddev_schedule,
+            "cameras": list(config.camera_names),
+        },
+        "method": {
+            "_target_": "robobase.method.drqv2.DrQV2",
+            "is_rl": True,
+            "num_explore_steps": "${num_explore_steps}",
+            "actor_lr": config.actor_lr,
+            "critic_lr": config.critic_lr,
+            "view_fusion_lr": config.view_fusion_lr,
+            "encoder_lr": config.encoder_lr,
+            "weight_decay": config.weight_decay,
+            "num_critics": config.num_critics,
+            "critic_target_tau": config.critic_target_tau,
+            "stddev_schedule": "${env.stddev_schedule}",
+            "stddev_clip": config.stddev_clip,
+            "use_augmentation": config.use_augmentation,
+            "actor_grad_clip": None,
+            "critic_grad_clip": None,
+            "bc_lambda": 0.0,
+            "always_bootstrap": False,
+            "action_sequence_network_type": "rnn",
+            "critic_updates_shared_vision_encoder": True,
+            "distributional_critic": False,
+            "actor_model": actor,
+            "critic_model": fc_model(
+                "robobase.models.MLPWithBottleneckFeatures", config.critic_mlp_nodes, 1
+            ),
+            "encoder_model": {
+                "_target_": "robobase.models.EncoderCNNMultiViewDownsampleWithStrides",
+                "_partial_": True,
+                "input_shape": "???",
+                "num_downsample_convs": config.encoder_num_downsample_convs,
+                "num_post_downsample_convs": config.encoder_num_post_downsample_convs,
+                "channels": config.encoder_channels,
+                "kernel_size": config.encoder_kernel_size,
+            },
+            "view_fusion_model": {
+                "_target_": "robobase.models.FusionMultiCamFeature",
+                "_partial_": True,
+                "input_shape": "???",
+                "mode": "flatten",
+            },
+        },
+    }
+
+
+def robobase_state_dict(model: DrQV2Model, *, num_envs: int) -> dict[str, torch.Tensor]:
+    """Our flat state dict laid out as RoboBase's DrQV2.state_dict() (duplicate actor and
+    ``hidden_state`` buffers re-added, in RoboBase's registration order)."""
+    flat = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    hidden = torch.zeros(1, num_envs, 128)
+    out: dict[str, torch.Tensor] = {k: v for k, v in flat.items() if k.startswith("encoder.")}
+    actor = {k[len("actor."):]: v for k, v in flat.items() if k.startswith("actor.")}
+    out["actor_model.hidden_state"] = hidden.clone()
+    out.update({k: v for k, v in actor.items()})
+    out["actor.actor_model.hidden_state"] = hidden.clone()
+    out.update({"actor." + k: v for k, v in actor.items()})
+    for prefix in ("critic.", "critic_target."):
+        for i in range(model.config.num_critics):
+            q = f"{prefix}qs.{i}."
+            out[q + "hidden_state"] = hidden.clone()
+            out.update({k: v for k, v in flat.items() if k.startswith(q)})
+    return out
+
+
+def make_robobase_snapshot(
+    path: str | os.PathLike,
+    config: DrQV2Config | None = None,
+    seed: int = 0,
+    *,
+    perturb: float = 0.01,
+    agent_overrides: Mapping[str, torch.Tensor | None] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a synthetic snapshot in RoboBase's ``Workspace.save_snapshot`` layout.
+
+    Weights are DrQ-v2-initialised from ``seed`` and perturbed (so actor, critic and target
+    differ); ``cfg`` is an omegaconf ``DictConfig`` with RoboBase's keys (see
+    :func:`robobase_cfg_for`). ``agent_overrides`` replaces (or, with None, deletes) agent
+    tensors and ``extra`` adds/overrides top-level snapshot keys: handy for bad-input tests.
+    """
+    from omegaconf import OmegaConf
+
+    config = config or DrQV2Config()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DrQV2Model(config)
+    with torch.no_grad():
+        for p in list(model.parameters()) + list(model.critic_target.parameters()):
+            p.add_(torch.randn(p.shape, generator=gen) * perturb)
+    num_envs = config.num_train_envs + 1
+    agent = robobase_state_dict(model, num_envs=num_envs)
+    for k, v in (agent_overrides or {}).items():
+        if v is None:
+            agent.pop(k, None)
+        else:
+            agent[k] = v
+    snap: dict[str, Any] = {
+        "_pretrain_step": config.pretrain_step,
+        "_main_loop_iterations": config.main_loop_iterations,
+        "_global_env_episode": config.global_env_episode,
+        "cfg": OmegaConf.create(robobase_cfg_for(config)),
+        "agent": agent,
+    }
+    snap.update(extra or {})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(snap, path)
+    return path
+
+
+# Re-exported for callers that only import this module.
+CONFIG_FILE, WEIGHTS_FILE = CONFIG_NAME, WEIGHTS_NAME

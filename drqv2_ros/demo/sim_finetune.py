@@ -1,0 +1,295 @@
+"""`drqv2-ros sim-finetune`: the whole product in simulation, in one command.
+
+1. Start checkpoint: the user's RoboBase snapshot (``--snapshot``), or one this project
+   makes in RoboBase's snapshot layout; either way it is converted (the conversion path is
+   always exercised).
+2. The fine-tuning graph against the MuJoCo SO-101 (driver with rendering, policy, learner,
+   teleop fed by the scripted operator through the same Joy path a human uses, the bag
+   recorder), each node its own process on a private ROS_DOMAIN_ID.
+3. Progress while it runs; part-way, a hot-swap to the learner's latest checkpoint through
+   ``/load_checkpoint``; at the end (budget or Ctrl-C) every process is stopped cleanly.
+4. A report: text, JSON, PNG plots and TensorBoard logs, with their paths printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from drqv2_ros.bringup.graph import GraphOptions
+from drqv2_ros.bringup.launcher import GraphProcesses
+from drqv2_ros.bringup.paths import config_file
+from drqv2_ros.demo.report import EpisodeSummary, RunRecord, write_report
+
+NODES = ("so101_driver", "policy", "learner", "teleop", "scripted_operator", "recorder")
+
+
+def _demo_params(a) -> dict:
+    """Overrides for a short CPU run (written to <out>/params.yaml, applied last)."""
+    return {
+        "policy": {"ros__parameters": {"max_episode_steps": a.episode_steps}},
+        "learner": {"ros__parameters": {
+            "batch_size": a.batch_size, "warmup_transitions": a.warmup,
+            "utd_ratio": a.utd_ratio, "checkpoint_period_updates": a.checkpoint_every,
+            "publish_weights_period_s": a.weights_period, "online_capacity": 20000,
+            "offline_capacity": 10000, "torch_threads": 1, "metrics_period_s": 2.0,
+            "max_updates_per_second": a.max_updates_per_second}},
+        "scripted_operator": {"ros__parameters": {"seed": a.seed}},
+        "so101_driver": {"ros__parameters": {"seed": a.seed}},
+    }
+
+
+def prepare_checkpoint(out: Path, snapshot: str | None, seed: int) -> tuple[Path, str]:
+    from drqv2_ros.convert.robobase import convert_snapshot, make_robobase_snapshot
+
+    if snapshot:
+        src = Path(snapshot)
+        origin = f"user snapshot {src}"
+    else:
+        src = make_robobase_snapshot(out / "start_snapshot.pt", seed=seed)
+        origin = f"project-made RoboBase-format snapshot {src} (pick-101 architecture)"
+    report = convert_snapshot(src, out / "checkpoint", progress=False, force=True)
+    return out / "checkpoint", f"{origin}\n{report.summary()}"
+
+
+def _ros_env(out: Path, domain_id: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               ROS_LOG_DIR=str(out / "ros_logs"), HOME=env.get("HOME", str(out)),
+               FASTDDS_DEFAULT_PROFILES_FILE=str(config_file("fastdds_profile.xml")),
+               MUJOCO_GL=env.get("MUJOCO_GL", "egl"), OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+    return env
+
+
+def _shm_files() -> set[str]:
+    try:
+        return {p.name for p in Path("/dev/shm").iterdir() if "fast" in p.name}
+    except OSError:
+        return set()
+
+
+class Monitor:
+    """An in-process rclpy node that watches the run and drives the hot-swap."""
+
+    def __init__(self, rec: RunRecord):
+        import rclpy
+        from std_msgs.msg import String
+
+        from drqv2_ros.msg import Step, TrainingMetrics
+        from drqv2_ros.nodes.common import reliable_qos
+
+        rclpy.init()
+        self.rclpy = rclpy
+        self.node = rclpy.create_node("sim_finetune_monitor")
+        self.rec = rec
+        self.t0 = time.monotonic()
+        self._ep: dict[int, list] = {}
+        self._status: list[tuple[float, dict]] = []
+        self.node.create_subscription(String, "policy/status", self._on_status, reliable_qos(10))
+        self.node.create_subscription(TrainingMetrics, "learner/metrics", self._on_metrics,
+                                      reliable_qos(10))
+        self.node.create_subscription(Step, "step", self._on_step, reliable_qos(100))
+        self._swap_future = None
+
+    def _on_status(self, msg) -> None:
+        s = json.loads(msg.data)
+        t = time.monotonic() - self.t0
+        self._status.append((t, s))
+        self.rec.weights_applied = int(s.get("weights_version", -1))
+        self.rec.skipped_ticks = s.get("skipped", {})
+        if s.get("commanded", 0) > 0:
+            self.rec.latency.append({"t": t, "p50": s["latency_ms_p50"],
+                                     "p99": s["latency_ms_p99"]})
+
+    def _on_metrics(self, m) -> None:
+        self.rec.metrics.append({
+            "t": time.monotonic() - self.t0, "update_step": m.update_step,
+            "critic_loss": m.critic_loss, "actor_loss": m.actor_loss, "q_mean": m.q_mean,
+            "stddev": m.stddev, "updates_per_second": m.updates_per_second,
+            "online_size": m.online_size, "offline_size": m.offline_size,
+            "intervention_rate": m.intervention_rate, "weights_version": m.weights_version})
+
+    def _on_step(self, m) -> None:
+        self.rec.steps_received += 1
+        ep = self._ep.setdefault(int(m.episode), [])
+        ep.append((bool(m.is_intervention), float(m.reward), bool(m.terminated)))
+        if m.is_last:
+            steps = self._ep.pop(int(m.episode))[1:]  # transitions (skip the first obs)
+            self.rec.episodes.append(EpisodeSummary(
+                episode=int(m.episode), steps=len(steps),
+                success=bool(m.terminated and m.reward > 0),
+                intervention_rate=float(np.mean([s[0] for s in steps])) if steps else 0.0,
+                ret=float(sum(s[1] for s in steps))))
+
+    def spin(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.rclpy.spin_once(self.node, timeout_sec=min(0.1, max(0.0, end - time.monotonic())))
+
+    def nodes_seen(self) -> set[str]:
+        return {n for n, _ in self.node.get_node_names_and_namespaces()}
+
+    def hot_swap(self, path: Path, timeout: float = 60.0) -> dict:
+        from drqv2_ros.srv import LoadCheckpoint
+
+        client = self.node.create_client(LoadCheckpoint, "load_checkpoint")
+        t0 = time.monotonic()
+        if not client.wait_for_service(timeout_sec=10.0):
+            return {"success": False, "message": "load_checkpoint service not available"}
+        future = client.call_async(LoadCheckpoint.Request(path=str(path)))
+        while not future.done() and time.monotonic() - t0 < timeout:
+            self.rclpy.spin_once(self.node, timeout_sec=0.1)
+        if not future.done():
+            return {"success": False, "message": f"no answer within {timeout:.0f} s"}
+        r = future.result()
+        return {"success": bool(r.success), "message": r.message, "loaded": r.loaded,
+                "path": str(path), "seconds": time.monotonic() - t0}
+
+    def commands_per_second(self) -> float:
+        pts = [(t, s["commanded"]) for t, s in self._status if s.get("commanded", 0) > 0]
+        if len(pts) < 2 or pts[-1][0] <= pts[0][0]:
+            return 0.0
+        return (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
+
+    def progress(self) -> dict:
+        last = self._status[-1][1] if self._status else {}
+        m = self.rec.metrics[-1] if self.rec.metrics else {}
+        eps = self.rec.episodes
+        return {"ep": len(eps), "succ": sum(e.success for e in eps),
+                "steps": self.rec.steps_received,
+                "upd": int(m.get("update_step", 0)),
+                "upd/s": f"{m.get('updates_per_second', 0.0):.2f}",
+                "interv": f"{np.mean([e.intervention_rate for e in eps]) if eps else 0:.0%}",
+                "w": last.get("weights_version", -1)}
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        self.rclpy.shutdown()
+
+
+def _bag_info(path: Path) -> dict:
+    info = {"path": str(path), "messages": 0, "bytes": 0, "topics": {}}
+    if not path.exists():
+        return info
+    info["bytes"] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    try:
+        from rosbags.rosbag2 import Reader
+
+        with Reader(path) as reader:
+            info["messages"] = reader.message_count
+            info["topics"] = {c.topic: c.msgcount for c in reader.connections}
+    except Exception as exc:  # report, never crash the report
+        info["error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+def sim_finetune_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="drqv2-ros sim-finetune", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=4.0, help="run budget (default 4)")
+    ap.add_argument("--snapshot", default="", help="your RoboBase snapshot (.pt); default: "
+                    "a project-made one in RoboBase's layout")
+    ap.add_argument("--out", default="", help="output folder (default runs/sim_finetune/<time>)")
+    ap.add_argument("--hot-swap-at", type=float, default=0.6,
+                    help="fraction of the budget at which to hot-swap (default 0.6)")
+    ap.add_argument("--episode-steps", type=int, default=60)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--warmup", type=int, default=120)
+    ap.add_argument("--utd-ratio", type=float, default=0.5)
+    ap.add_argument("--checkpoint-every", type=int, default=10)
+    ap.add_argument("--weights-period", type=float, default=4.0)
+    ap.add_argument("--max-updates-per-second", type=float, default=4.0)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+
+    out = Path(a.out or f"runs/sim_finetune/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    budget = a.minutes * 60.0
+    print(f"[sim-finetune] output: {out}", flush=True)
+    checkpoint, origin = prepare_checkpoint(out, a.snapshot or None, a.seed)
+    print(f"[sim-finetune] start checkpoint: {origin}", flush=True)
+
+    import yaml
+
+    params = out / "params.yaml"
+    params.write_text(yaml.safe_dump(_demo_params(a)))
+    domain_id = 1 + random.SystemRandom().randrange(100)
+    env = _ros_env(out, domain_id)
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE",
+                                          "ROS_LOG_DIR", "FASTDDS_DEFAULT_PROFILES_FILE")})
+    opt = GraphOptions(mode="sim", checkpoint=str(checkpoint), record=True,
+                       bag_path=str(out / "bag"), operator="scripted",
+                       output_dir=str(out / "learner"), extra_params_file=str(params))
+    shm_before = _shm_files()
+    rec = RunRecord()
+    stop = {"flag": False}
+
+    def _stop(signum, frame):
+        stop["flag"] = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    graph = GraphProcesses(opt, log_dir=out / "logs", env=env)
+    monitor = Monitor(rec)
+    t0 = time.monotonic()
+    graph.start()
+    print("[sim-finetune] started " + ", ".join(r.spec.name for r in graph.running)
+          + f" (ROS_DOMAIN_ID={domain_id}; logs in {out / 'logs'})", flush=True)
+    from tqdm import tqdm
+
+    swapped = False
+    code = 0
+    with tqdm(total=int(budget), unit="s", desc="sim fine-tuning", dynamic_ncols=True,
+              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}s {postfix}") as bar:
+        while not stop["flag"]:
+            monitor.spin(1.0)
+            elapsed = time.monotonic() - t0
+            bar.n = min(int(elapsed), int(budget))
+            bar.set_postfix(monitor.progress(), refresh=True)
+            for name in monitor.nodes_seen():
+                if name in NODES:
+                    rec.nodes_up[name] = True
+            failed = graph.failed()
+            if failed:
+                names = ", ".join(f"{r.spec.name} (exit {r.proc.returncode}, log "
+                                  f"{r.log_path})" for r in failed)
+                tqdm.write(f"[sim-finetune] a node died: {names}")
+                code = 1
+                break
+            if not swapped and elapsed >= a.hot_swap_at * budget:
+                last = out / "learner" / "checkpoints" / "last"
+                target = last if (last / "model.safetensors").exists() else checkpoint
+                rec.hot_swap = monitor.hot_swap(target)
+                swapped = True
+                tqdm.write(f"[sim-finetune] hot-swap to {target}: "
+                           f"{'ok' if rec.hot_swap['success'] else 'FAILED'} "
+                           f"{rec.hot_swap['message']}")
+            if elapsed >= budget:
+                break
+    if stop["flag"]:
+        print("[sim-finetune] interrupted: stopping every node", flush=True)
+    rec.duration_s = time.monotonic() - t0
+    rec.commands_per_s = monitor.commands_per_second()
+    for name in NODES:
+        rec.nodes_up.setdefault(name, False)
+    monitor.close()
+    rec.exit_codes = graph.stop()
+    time.sleep(0.5)
+    rec.leftover_shm = sorted(_shm_files() - shm_before)
+    rec.bag = _bag_info(out / "bag")
+    text, _plots = write_report(rec, out)
+    print("\n" + text, flush=True)
+    print(f"\n[sim-finetune] report: {out / 'report.txt'} (JSON: {out / 'report.json'})")
+    if not rec.hot_swap.get("success"):
+        code = code or (1 if not stop["flag"] else 0)
+    return code

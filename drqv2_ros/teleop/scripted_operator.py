@@ -1,0 +1,196 @@
+"""A scripted "human" for simulation runs, without ROS: it reads PRIVILEGED sim state
+(cube and gripper positions, gripper opening, grasp and success flags) and decides, like an
+operator holding a gamepad, when to take over (deadman), which action to command
+(pick-101 space: dx, dy, dz in [-1, 1] x ``step_m`` metres, REP 103 base frame; gripper
+``GRIPPER_OPEN`` = +1 .. ``GRIPPER_CLOSED`` = -1, see joy_mapping) and when to press the
+success button.
+
+The node (``nodes/scripted_operator_node.py``) encodes these decisions as sensor_msgs/Joy
+with :class:`~drqv2_ros.teleop.joy_mapping.JoyEncoder`, so interventions go through the
+same teleop node and mapping as a human's.
+
+Pick demonstration, a proportional controller on the gripper site position:
+
+    APPROACH  above the cube at ``hover_height`` (rise first when low), gripper open
+    DESCEND   to the cube centre + the grasp offsets, gripper open
+    CLOSE     hold position, close the gripper until grasped (or ``close_ticks``); also
+              entered when the descent is blocked for ``stall_ticks``
+    LIFT      up to ``lift_z``, gripper closed; back to APPROACH if the cube is dropped
+    HOLD      stay, gripper closed, until the episode ends
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from drqv2_ros.teleop.joy_mapping import GRIPPER_CLOSED, GRIPPER_OPEN
+
+APPROACH, DESCEND, CLOSE, LIFT, HOLD = "approach", "descend", "close", "lift", "hold"
+
+
+@dataclass
+class SimStateData:
+    """The fields of drqv2_ros/SimState the operator uses (m, base frame)."""
+
+    cube_position: np.ndarray
+    gripper_position: np.ndarray
+    gripper_opening: float = 1.0    # 0 closed .. 1 open
+    cube_grasped: bool = False
+    success: bool = False
+
+
+@dataclass
+class OperatorConfig:
+    intervene_probability: float = 0.0   # chance that an episode gets a takeover
+    intervene_every_n_episodes: int = 1  # every n-th episode gets one (0: never)
+    intervene_start_s: float = 0.0       # takeover starts this long into the episode
+    intervene_duration_s: float = 0.0    # takeover length (0: until the episode ends)
+    press_success: bool = True           # press the success button when sim says success
+    step_m: float = 0.02                 # metres per action unit (driver's ee_step_m)
+    kp: float = 0.6                      # fraction of the position error closed per tick
+    max_action: float = 1.0              # |dx|,|dy|,|dz| limit
+    hover_height: float = 0.06           # m above the cube centre for the approach
+    grasp_offset: float = 0.0            # m, gripper site z relative to the cube centre
+    grasp_x_offset: float = 0.0          # m, gripper site x relative to the cube centre
+    grasp_y_offset: float = 0.0          # m, gripper site y relative to the cube centre
+    stall_ticks: int = 8                 # descent blocked this long (z not decreasing): close
+    lift_z: float = 0.15                 # m, target height of the lift (success > 0.08)
+    xy_tolerance: float = 0.008          # m
+    z_tolerance: float = 0.008           # m
+    close_ticks: int = 15                # ticks of closing before lifting anyway
+    closed_opening: float = 0.35         # gripper_opening below which it counts as closed
+    seed: int = 0
+
+
+@dataclass
+class OperatorOutput:
+    intervene: bool
+    action: np.ndarray                     # float32[4]
+    press: list[str] = field(default_factory=list)
+    phase: str = ""
+
+
+class ScriptedOperator:
+    """Episode-level takeover decisions + the pick state machine. Call
+    :meth:`new_episode` at each episode start, :meth:`tick` at the Joy rate with the
+    latest state and a monotonic time in seconds."""
+
+    def __init__(self, cfg: OperatorConfig | None = None):
+        self.cfg = cfg or OperatorConfig()
+        self._rng = random.Random(self.cfg.seed)
+        self.episode = -1
+        self.episodes_intervened = 0
+        # Before the first new_episode(): no takeover, nothing pressed.
+        self.t0 = 0.0
+        self.takeover = False
+        self.phase = APPROACH
+        self._close_ticks = 0
+        self._lowest_z: float | None = None
+        self._stalled = 0
+        self.success_pressed = False
+        self.ended = True
+
+    # -- episode level ---------------------------------------------------------------------
+
+    def decide(self, episode: int) -> bool:
+        c = self.cfg
+        every = c.intervene_every_n_episodes > 0 and episode % c.intervene_every_n_episodes == 0
+        return every or self._rng.random() < c.intervene_probability
+
+    def new_episode(self, t: float) -> None:
+        self.episode += 1
+        self.t0 = t
+        self.takeover = self.decide(self.episode)
+        self.episodes_intervened += int(self.takeover)
+        self.phase = APPROACH
+        self._close_ticks = 0
+        self._lowest_z: float | None = None
+        self._stalled = 0
+        self.success_pressed = False
+        self.ended = False
+
+    def end_episode(self) -> None:
+        """An episode event arrived (success, failure, timeout, re-record): let go."""
+        self.ended = True
+
+    def intervening_at(self, t: float) -> bool:
+        c = self.cfg
+        if not self.takeover or self.ended:
+            return False
+        dt = t - self.t0
+        if dt < c.intervene_start_s:
+            return False
+        return c.intervene_duration_s <= 0 or dt < c.intervene_start_s + c.intervene_duration_s
+
+    # -- tick ------------------------------------------------------------------------------
+
+    def tick(self, s: SimStateData, t: float) -> OperatorOutput:
+        press = []
+        if s.success and self.cfg.press_success and not self.success_pressed and not self.ended:
+            press.append("success")
+            self.success_pressed = True
+        intervene = self.intervening_at(t)
+        action = (self.pick_action(s) if intervene
+                  else np.array([0, 0, 0, GRIPPER_OPEN], np.float32))
+        return OperatorOutput(intervene, action, press, self.phase)
+
+    def _toward(self, target: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        c = self.cfg
+        return np.clip(c.kp * (target - pos) / c.step_m, -c.max_action, c.max_action)
+
+    def pick_action(self, s: SimStateData) -> np.ndarray:
+        """One step of the pick state machine (advances ``phase``)."""
+        c = self.cfg
+        cube = np.asarray(s.cube_position, np.float64)
+        grip = np.asarray(s.gripper_position, np.float64)
+        offset = np.array([c.grasp_x_offset, c.grasp_y_offset, 0.0])
+        hover = cube + offset + np.array([0.0, 0.0, c.hover_height])
+        grasp = cube + offset + np.array([0.0, 0.0, c.grasp_offset])
+        xy_err = float(np.linalg.norm(hover[:2] - grip[:2]))
+
+        if self.phase in (LIFT, HOLD) and not s.cube_grasped:
+            self.phase = APPROACH  # dropped it: start over
+        if self.phase == APPROACH:
+            if xy_err < c.xy_tolerance and abs(hover[2] - grip[2]) < c.z_tolerance:
+                self.phase = DESCEND
+        if self.phase == DESCEND:
+            # blocked (the jaws rest on something): z stops decreasing
+            if self._lowest_z is None or grip[2] < self._lowest_z - 0.001:
+                self._lowest_z, self._stalled = grip[2], 0
+            else:
+                self._stalled += 1
+            if xy_err > 2 * c.xy_tolerance:
+                self.phase = APPROACH
+            elif abs(grasp[2] - grip[2]) < c.z_tolerance or self._stalled >= c.stall_ticks:
+                self.phase = CLOSE
+                self._close_ticks = 0
+        else:
+            self._lowest_z, self._stalled = None, 0
+        if self.phase == CLOSE:
+            self._close_ticks += 1
+            closed = s.gripper_opening < c.closed_opening
+            if s.cube_grasped or (closed and self._close_ticks >= 3) \
+                    or self._close_ticks >= c.close_ticks:
+                self.phase = LIFT
+        if self.phase == LIFT and grip[2] >= c.lift_z - c.z_tolerance:
+            self.phase = HOLD
+
+        xyz = np.zeros(3)
+        gripper = GRIPPER_OPEN
+        if self.phase == APPROACH:
+            xyz = self._toward(hover, grip)
+            if grip[2] < cube[2] + 0.5 * c.hover_height:
+                xyz[:2] = 0.0  # too low: rise before moving sideways (do not hit the cube)
+        elif self.phase == DESCEND:
+            xyz = self._toward(grasp, grip)
+        elif self.phase == CLOSE:
+            xyz = self._toward(grasp, grip) * 0.5
+            gripper = GRIPPER_CLOSED
+        elif self.phase in (LIFT, HOLD):
+            target = np.array([grip[0], grip[1], c.lift_z])
+            xyz = self._toward(target, grip)
+            gripper = GRIPPER_CLOSED
+        return np.array([*xyz, gripper], np.float32)

@@ -1,0 +1,491 @@
+"""Bags of Step messages -> replay buffer: bit-exact transitions, independent readability,
+salvage of truncated bags, refusals (missing topic, shapes), export and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drqv2_ros.bags.ingest import (
+    BagError,
+    ShapeMismatchError,
+    TargetShapes,
+    ingest_bags,
+    open_bag,
+    read_episodes,
+)
+from drqv2_ros.bags.recorder import BagRecorder, qos_from_profile
+from drqv2_ros.bags.typestore import STEP_TYPE, project_typestore, step_to_rosbags
+from drqv2_ros.learning.replay_buffer import ReplayBuffer
+from drqv2_ros.observation.step_record import StepRecord
+
+LOW, ACT = 18, 4
+
+
+def synthetic_episodes(n_episodes=4, length=12, views=1, h=84, w=84, seed=0, low=LOW,
+                       act=ACT, demo=None, first_episode=0) -> list[StepRecord]:
+    """Episodes of ``length`` transitions (length + 1 steps) in dm_env layout; even episodes
+    succeed (terminated, reward 1), odd ones time out (truncated)."""
+    rng = np.random.default_rng(seed)
+    out, t = [], 1_700_000_000_000_000_000
+    for e in range(first_episode, first_episode + n_episodes):
+        for k in range(length + 1):
+            t += 33_333_333
+            last = k == length
+            out.append(StepRecord(
+                episode=e, index=k, stamp_ns=t, is_first=k == 0, is_last=last,
+                terminated=last and e % 2 == 0,
+                images=rng.integers(0, 256, (views, 3, h, w), dtype=np.uint8),
+                low_dim=rng.standard_normal(low).astype(np.float32),
+                action=(np.zeros(0, np.float32) if k == 0
+                        else rng.uniform(-1, 1, act).astype(np.float32)),
+                reward=0.0 if k == 0 else float(last and e % 2 == 0),
+                is_intervention=k > 0 and 3 <= k <= 5,
+                is_demo=bool(demo(e, k)) if demo else False))
+    return out
+
+
+def write_bag(path: Path, records: list[StepRecord], storage="mcap", step_topic="/step",
+              extra=True) -> Path:
+    """A bag like the demo recording: /step plus an interleaved /joint_states stream."""
+    ts = project_typestore()
+    JointState = ts.types["sensor_msgs/msg/JointState"]
+    Header = ts.types["std_msgs/msg/Header"]
+    Time = ts.types["builtin_interfaces/msg/Time"]
+    with BagRecorder(path, storage) as bag:
+        if extra:
+            bag.add_topic("/joint_states", "sensor_msgs/msg/JointState")
+        if step_topic:
+            bag.add_topic(step_topic, STEP_TYPE)
+        for rec in records:
+            if extra:
+                js = JointState(header=Header(stamp=Time(sec=0, nanosec=0), frame_id=""),
+                                name=["a", "b"], position=np.array([0.1, 0.2]),
+                                velocity=np.zeros(2), effort=np.zeros(2))
+                bag.write("/joint_states", rec.stamp_ns - 1000,
+                          ts.serialize_cdr(js, "sensor_msgs/msg/JointState"))
+            if step_topic:
+                bag.write(step_topic, rec.stamp_ns,
+                          ts.serialize_cdr(step_to_rosbags(rec, ts), STEP_TYPE))
+    return path
+
+
+def new_buffer(path: Path, capacity=2000, h=84, w=84, views=1) -> ReplayBuffer:
+    return ReplayBuffer(path, capacity=capacity, image_shape=(views, 3, h, w),
+                        low_dim_size=LOW, action_size=ACT)
+
+
+def episodes_of(records):
+    eps: dict[int, list[StepRecord]] = {}
+    for r in records:
+        eps.setdefault(r.episode, []).append(r)
+    return eps
+
+
+def assert_buffer_holds(buf: ReplayBuffer, records: list[StepRecord], demo_flags=None):
+    assert buf.num_steps == len(records)
+    for i, rec in enumerate(records):
+        got = buf.read_step(buf.total_steps_added - buf.num_steps + i)
+        assert np.array_equal(got["images"], rec.images), f"images of step {i}"
+        assert got["low_dim"].tobytes() == rec.low_dim.tobytes()
+        want_action = rec.action if rec.action.size else np.zeros(ACT, np.float32)
+        assert got["action"].tobytes() == want_action.tobytes()
+        assert got["reward"] == np.float32(rec.reward)
+        assert (got["is_first"], got["is_last"], got["terminated"]) == (
+            rec.is_first, rec.is_last, rec.terminated)
+        if not rec.is_first:
+            assert got["is_intervention"] == rec.is_intervention
+            want_demo = True if demo_flags is None else demo_flags(rec)
+            assert got["is_demo"] == want_demo, f"is_demo of step {rec.episode}/{rec.index}"
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_ingest_rebuilds_transitions_bit_exact(tmp_path, storage):
+    records = synthetic_episodes()
+    bag = write_bag(tmp_path / f"demo_{storage}", records, storage)
+    with new_buffer(tmp_path / "buf") as buf:
+        summary = ingest_bags([bag], buf)
+        assert_buffer_holds(buf, records)
+        assert len(buf) == summary.transitions == 4 * 12
+        assert buf.num_episodes == summary.episodes == 4
+        assert buf.num_intervention_transitions == summary.intervention_transitions == 4 * 3
+        assert buf.num_demo_transitions == 48
+        batch = buf.sample(8, np.random.default_rng(0))
+        assert batch["rgb"].shape == (8, 1, 9, 84, 84) and batch["is_demo"].all()
+    assert summary.successes == 2 and summary.success_rate == 0.5
+    assert not summary.skipped and not summary.lost
+    assert "success rate 50.0% (2/4)" in summary.format()
+
+
+def test_ingest_is_deterministic_and_keeps_bag_order(tmp_path):
+    a = write_bag(tmp_path / "a", synthetic_episodes(2, 6, seed=1))
+    b = write_bag(tmp_path / "b", synthetic_episodes(2, 6, seed=2, first_episode=5))
+    dirs = []
+    for i in range(2):
+        with new_buffer(tmp_path / f"buf{i}") as buf:
+            ingest_bags([b, a], buf)
+        dirs.append(tmp_path / f"buf{i}")
+    for name in ("images", "low_dim", "action", "reward", "flags"):
+        assert np.array_equal(np.load(dirs[0] / f"{name}.npy"), np.load(dirs[1] / f"{name}.npy"))
+    with ReplayBuffer.open(dirs[0]) as buf:  # b's episodes first
+        first = buf.read_step(0)
+        assert np.array_equal(first["images"], synthetic_episodes(2, 6, seed=2)[0].images)
+
+
+def test_demo_flags(tmp_path):
+    # Episode 0 recorded in demo mode only from step 4 on: its flags are kept (auto);
+    # episode 1 carries none: flagged demo as a whole.
+    recs = synthetic_episodes(2, 6, demo=lambda e, k: e == 0 and k >= 4)
+    bag = write_bag(tmp_path / "bag", recs)
+    with new_buffer(tmp_path / "auto") as buf:
+        ingest_bags([bag], buf)
+        assert_buffer_holds(buf, recs, lambda r: r.is_demo if r.episode == 0 else True)
+    with new_buffer(tmp_path / "keep") as buf:
+        s = ingest_bags([bag], buf, demo_flags="keep")
+        assert_buffer_holds(buf, recs, lambda r: r.is_demo)
+        assert s.demo_transitions == 3
+    with new_buffer(tmp_path / "all") as buf:
+        ingest_bags([bag], buf, demo_flags="all")
+        assert_buffer_holds(buf, recs, lambda r: True)
+
+
+def test_mcap_readable_by_independent_reader(tmp_path):
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    records = synthetic_episodes(2, 5, views=2, h=32, w=40)
+    bag = write_bag(tmp_path / "bag", records)
+    (mcap_file,) = bag.glob("*.mcap")
+    seen = []
+    with mcap_file.open("rb") as f:
+        reader = make_reader(f, decoder_factories=[DecoderFactory()])
+        for schema, channel, message, msg in reader.iter_decoded_messages(topics=["/step"]):
+            assert schema.name == STEP_TYPE and channel.message_encoding == "cdr"
+            rec = records[len(seen)]
+            assert message.log_time == rec.stamp_ns
+            assert (msg.episode, msg.index, msg.is_first, msg.is_last, msg.terminated) == (
+                rec.episode, rec.index, rec.is_first, rec.is_last, rec.terminated)
+            assert (msg.is_intervention, msg.is_demo) == (rec.is_intervention, rec.is_demo)
+            assert np.float32(msg.reward) == np.float32(rec.reward)
+            assert np.asarray(msg.low_dim, np.float32).tobytes() == rec.low_dim.tobytes()
+            assert np.asarray(msg.action, np.float32).tobytes() == rec.action.tobytes()
+            assert len(msg.images) == 2
+            for img, view in zip(msg.images, rec.images):
+                assert (img.encoding, img.height, img.width, img.step) == ("rgb8", 32, 40, 120)
+                assert bytes(img.data) == view.transpose(1, 2, 0).tobytes()
+            seen.append(msg)
+    assert len(seen) == len(records)
+
+
+def _assert_prefix_episodes(buf: ReplayBuffer, records, n_episodes):
+    eps = episodes_of(records)
+    want = [r for e in sorted(eps)[:n_episodes] for r in eps[e]]
+    assert_buffer_holds(buf, want)
+
+
+@pytest.mark.parametrize("keep_metadata", [True, False])
+def test_truncated_mcap_ingests_whole_episodes_and_reports_loss(tmp_path, keep_metadata):
+    records = synthetic_episodes(6, 10)
+    bag = write_bag(tmp_path / "bag", records)
+    (mcap_file,) = bag.glob("*.mcap")
+    size = mcap_file.stat().st_size
+    os.truncate(mcap_file, int(size * 0.6))
+    if not keep_metadata:  # like a `ros2 bag record` killed before writing its metadata
+        (bag / "metadata.yaml").unlink()
+    with new_buffer(tmp_path / "buf") as buf:
+        summary = ingest_bags([bag], buf)
+        assert 1 <= summary.episodes < 6
+        _assert_prefix_episodes(buf, records, summary.episodes)
+    text = summary.format()
+    assert summary.lost and "truncated" in text
+    if keep_metadata:
+        assert "66 /step messages listed" in text
+    assert any("no is_last" in s for s in summary.skipped), text
+
+
+def test_truncated_sqlite_bag_keeps_whole_episodes(tmp_path):
+    records = synthetic_episodes(4, 8)
+    bag = write_bag(tmp_path / "bag", records, "sqlite3")
+    (db,) = bag.glob("*.db3")
+    os.truncate(db, int(db.stat().st_size * 0.6))
+    try:
+        with new_buffer(tmp_path / "buf") as buf:
+            summary = ingest_bags([bag], buf)
+            _assert_prefix_episodes(buf, records, summary.episodes)
+        assert summary.lost or summary.skipped
+    except BagError as exc:  # sqlite may refuse a cut file outright: then it says so
+        assert "unreadable" in str(exc)
+
+
+def test_steps_lost_mid_episode_skip_only_that_episode(tmp_path):
+    records = synthetic_episodes(3, 6)
+    del records[7 + 3]  # episode 1 loses index 3
+    bag = write_bag(tmp_path / "bag", records)
+    with new_buffer(tmp_path / "buf") as buf:
+        summary = ingest_bags([bag], buf)
+        kept = [r for r in records if r.episode != 1]
+        assert_buffer_holds(buf, kept)
+    assert summary.episodes == 2
+    assert summary.skipped == ["bag: episode 1: steps 3..3 missing (lost messages)"]
+
+
+def test_recording_started_mid_episode(tmp_path):
+    records = synthetic_episodes(2, 5)[3:]
+    bag = write_bag(tmp_path / "bag", records)
+    with new_buffer(tmp_path / "buf") as buf:
+        summary = ingest_bags([bag], buf)
+        assert summary.episodes == 1
+    assert "first step missing" in summary.skipped[0]
+
+
+def test_missing_step_topic_refused_naming_it(tmp_path):
+    bag = write_bag(tmp_path / "bag", synthetic_episodes(1, 3), step_topic=None)
+    with new_buffer(tmp_path / "buf") as buf:
+        with pytest.raises(BagError, match=r"required topic /step \(drqv2_ros/msg/Step\) is "
+                                           r"missing; it has: /joint_states"):
+            ingest_bags([bag], buf)
+        assert buf.num_steps == 0
+    other = write_bag(tmp_path / "other", synthetic_episodes(1, 3), step_topic="/robot/step")
+    with new_buffer(tmp_path / "buf2") as buf:
+        with pytest.raises(BagError, match="/step_demo"):
+            ingest_bags([other], buf, step_topic="step_demo")
+        assert ingest_bags([other], buf).episodes == 1  # the only Step topic is found
+
+
+@pytest.mark.parametrize("kw, expect", [
+    (dict(h=64, w=64), r"images \(1, 3, 64, 64\) != \(1, 3, 84, 84\)"),
+    (dict(low=21), "low_dim 21 != 18"),
+    (dict(act=7), "action 7 != 4"),
+])
+def test_shape_mismatch_refused_with_shapes(tmp_path, kw, expect):
+    good = write_bag(tmp_path / "good", synthetic_episodes(1, 3))
+    bad = write_bag(tmp_path / "bad", synthetic_episodes(1, 3, **kw))
+    with new_buffer(tmp_path / "buf") as buf:
+        with pytest.raises(ShapeMismatchError, match=expect):
+            ingest_bags([good, bad], buf)
+        assert buf.num_steps == 0  # refused before anything was written
+
+
+def write_checkpoint_config(path: Path, h=84, w=84, low=LOW, act=ACT) -> Path:
+    path.mkdir(parents=True)
+    try:
+        from drqv2_ros.policy.configuration_drqv2 import DrQV2Config, default_low_dim_layout
+
+        DrQV2Config(image_height=h, image_width=w, low_dim_per_frame=low,
+                    low_dim_size=3 * low, low_dim_layout=default_low_dim_layout(low),
+                    action_dim=act).save_pretrained(path)
+    except ImportError:
+        (path / "config.json").write_text(json.dumps(dict(
+            num_views=1, channels_per_frame=3, image_height=h, image_width=w, frame_stack=3,
+            low_dim_per_frame=low, low_dim_size=3 * low, action_dim=act)))
+    return path
+
+
+def test_cli_ingest_with_checkpoint(tmp_path, capsys):
+    from drqv2_ros.bags.cli import ingest_main
+
+    bag = write_bag(tmp_path / "bag", synthetic_episodes(2, 5))
+    ckpt = write_checkpoint_config(tmp_path / "ckpt")
+    assert ingest_main([str(bag), "--buffer", str(tmp_path / "buf"), "--checkpoint", str(ckpt),
+                        "--no-progress", "--summary-json", str(tmp_path / "s.json")]) == 0
+    assert "2 episodes, 10 transitions" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text())["transitions"] == 10
+    with ReplayBuffer.open(tmp_path / "buf") as buf:
+        assert buf.num_steps == 12 and buf.capacity >= 12
+
+    small = write_checkpoint_config(tmp_path / "ckpt64", h=64, w=64)
+    code = ingest_main([str(bag), "--buffer", str(tmp_path / "buf2"), "--checkpoint",
+                        str(small), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "(1, 3, 84, 84) != (1, 3, 64, 64)" in err and "checkpoint" in err
+    assert not (tmp_path / "buf2").exists()  # nothing created for a refused ingest
+
+
+def test_target_from_checkpoint_config(tmp_path):
+    t = TargetShapes.from_checkpoint(write_checkpoint_config(tmp_path / "c", low=21, act=4))
+    assert (t.image_shape, t.low_dim_size, t.action_size) == ((1, 3, 84, 84), 21, 4)
+
+
+def test_recorder_writes_offered_qos_and_valid_metadata(tmp_path):
+    from rosbags.interfaces import QosReliability
+    from rosbags.rosbag2 import Reader
+
+    class Profile:  # an rclpy QoSProfile, duck-typed
+        history, depth, reliability, durability, liveliness = 1, 5, 2, 2, 1
+        deadline = lifespan = liveliness_lease_duration = 0
+        avoid_ros_namespace_conventions = False
+
+    with BagRecorder(tmp_path / "bag", "mcap") as bag:
+        bag.add_topic("/camera/image_policy", "sensor_msgs/msg/Image", [Profile()])
+    with Reader(tmp_path / "bag") as reader:
+        (conn,) = reader.connections
+        assert conn.ext.offered_qos_profiles[0].reliability == QosReliability.BEST_EFFORT
+    assert qos_from_profile(Profile()).depth == 5
+    info = open_bag(tmp_path / "bag")
+    assert info.topics["/camera/image_policy"].count == 0 and not info.salvage
+
+
+def test_read_episodes_gives_complete_episodes_in_order(tmp_path):
+    recs = synthetic_episodes(3, 4)
+    bag = write_bag(tmp_path / "bag", recs)
+    eps = list(read_episodes([bag]))
+    assert [e.episode for e in eps] == [0, 1, 2]
+    assert all(a.equals(b) for e in eps for a, b in zip(e.steps, episodes_of(recs)[e.episode]))
+
+
+# ------------------------------------------------------------------------------ export
+
+def test_export_unavailable_says_why_and_writes_nothing(tmp_path, capsys):
+    from drqv2_ros.bags.cli import export_main
+    from drqv2_ros.bags.export import ExportUnavailable, lerobot_dataset_class
+
+    try:
+        lerobot_dataset_class()
+    except ExportUnavailable:
+        pass
+    else:
+        pytest.skip("LeRobotDataset is importable here")
+    bag = write_bag(tmp_path / "bag", synthetic_episodes(1, 3))
+    assert export_main([str(bag), str(tmp_path / "ds"), "--no-progress"]) == 3
+    err = capsys.readouterr().err
+    assert "cannot export here" in err and "lerobot" in err
+    assert not (tmp_path / "ds").exists()
+
+
+class FakeDataset:
+    """Records what LeRobotDataset.create/add_frame/save_episode receive."""
+
+    fail_after: int | None = None
+    created: list = []
+
+    @classmethod
+    def create(cls, repo_id, fps, features, root, robot_type=None, use_videos=True):
+        ds = cls()
+        ds.root, ds.features, ds.fps, ds.episodes, ds.frames = Path(root), features, fps, [], []
+        ds.root.mkdir(parents=True, exist_ok=False)
+        cls.created.append(ds)
+        return ds
+
+    def add_frame(self, frame):
+        assert set(frame) == set(self.features) | {"task"}
+        for k, spec in self.features.items():
+            assert tuple(np.shape(frame[k])) == tuple(spec["shape"]), k
+        self.frames.append(frame)
+
+    def save_episode(self):
+        if self.fail_after is not None and len(self.episodes) == self.fail_after:
+            raise RuntimeError("disk full")
+        (self.root / f"episode_{len(self.episodes)}").write_text("x")
+        self.episodes.append(len(self.frames))
+
+    def finalize(self):
+        (self.root / "meta").write_text("done")
+
+
+def test_export_frames_and_atomic_output(tmp_path):
+    from drqv2_ros.bags.export import export_bags
+
+    recs = synthetic_episodes(2, 5)
+    bag = write_bag(tmp_path / "bag", recs)
+    FakeDataset.created, FakeDataset.fail_after = [], None
+    summary = export_bags([bag], tmp_path / "ds", dataset_cls=FakeDataset)
+    assert (summary.episodes, summary.frames, summary.fps) == (2, 10, 30)
+    assert (tmp_path / "ds" / "meta").read_text() == "done"
+    ds = FakeDataset.created[-1]
+    f0 = ds.frames[0]
+    assert np.array_equal(f0["observation.images.rgb"], recs[0].images[0].transpose(1, 2, 0))
+    assert f0["action"].tobytes() == recs[1].action.tobytes()  # a_0 is carried by step 1
+    last = ds.frames[4]
+    assert last["next.done"][0] and last["next.success"][0] and last["next.reward"][0] == 1.0
+    assert not ds.frames[9]["next.success"][0]  # episode 1 timed out
+
+    FakeDataset.fail_after = 1
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_bags([bag], tmp_path / "ds2", dataset_cls=FakeDataset)
+    assert not (tmp_path / "ds2").exists()
+    assert not list(tmp_path.glob(".ds2.partial-*"))
+    with pytest.raises(FileExistsError):
+        export_bags([bag], tmp_path / "ds", dataset_cls=FakeDataset)
+
+
+def test_ingest_salvage_equals_normal_read(tmp_path):
+    """The tolerant scanner reads an intact file exactly like rosbags does."""
+    from drqv2_ros.bags import ingest as ing
+
+    recs = synthetic_episodes(2, 4)
+    bag = write_bag(tmp_path / "bag", recs)
+    (mcap_file,) = bag.glob("*.mcap")
+    normal = list(ing.iter_topic(open_bag(bag), "/step"))
+    problems: list[str] = []
+    scanned = list(ing._mcap_scan_messages(mcap_file, "/step", problems))
+    assert not problems
+    assert [(t, bytes(r)) for t, r in normal] == scanned
+    shutil.rmtree(bag)
+
+
+def write_external_mcap(path: Path, records: list[StepRecord]) -> Path:
+    """A bare .mcap written by the independent `mcap_ros2` writer (zstd chunks with CRCs,
+    schemas outside chunks, no metadata.yaml), like a C++ rosbag2 mcap file."""
+    from mcap_ros2.writer import Writer
+
+    text = project_typestore().generate_msgdef(STEP_TYPE, ros_version=2)[0]
+    with path.open("wb") as f:
+        w = Writer(f, chunk_size=100_000)
+        schema = w.register_msgdef(STEP_TYPE, text)
+        for r in records:
+            sec, nsec = divmod(r.stamp_ns, 1_000_000_000)
+            hdr = {"stamp": {"sec": sec, "nanosec": nsec}, "frame_id": ""}
+            w.write_message("/step", schema, {
+                "header": hdr, "episode": r.episode, "index": r.index, "is_first": r.is_first,
+                "is_last": r.is_last, "terminated": r.terminated,
+                "images": [{"header": hdr, "height": v.shape[1], "width": v.shape[2],
+                            "encoding": "rgb8", "is_bigendian": 0, "step": 3 * v.shape[2],
+                            "data": v.transpose(1, 2, 0).tobytes()} for v in r.images],
+                "low_dim": r.low_dim.tolist(), "action": r.action.tolist(),
+                "reward": r.reward, "is_intervention": r.is_intervention,
+                "is_demo": r.is_demo}, log_time=r.stamp_ns, publish_time=r.stamp_ns)
+        w.finish()
+    return path
+
+
+def test_external_mcap_and_corrupt_chunk(tmp_path):
+    records = synthetic_episodes(4, 10, h=48, w=48)
+    good = write_external_mcap(tmp_path / "ext.mcap", records)
+    eps = list(read_episodes([good]))
+    assert [e.episode for e in eps] == [0, 1, 2, 3]
+    assert all(a.equals(b) for e in eps for a, b in zip(e.steps, episodes_of(records)[e.episode]))
+
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside a compressed chunk
+    bad = tmp_path / "bad.mcap"
+    bad.write_bytes(bytes(data))
+    buf_dir = tmp_path / "buf"
+    with ReplayBuffer(buf_dir, capacity=200, image_shape=(1, 3, 48, 48), low_dim_size=LOW,
+                      action_size=ACT) as buf:
+        summary = ingest_bags([bad], buf)
+        kept = {e for e in range(4)} - {int(s.split("episode ")[1].split(":")[0])
+                                        for s in summary.skipped}
+        assert 2 <= summary.episodes == len(kept) < 4
+        assert_buffer_holds(buf, [r for r in records if r.episode in kept])
+    text = summary.format()
+    assert "CRC" in text and "lost messages" in text
+
+
+def test_ingest_into_replay_adds_each_bag_once(tmp_path):
+    from drqv2_ros.bags.ingest import ingest_into_replay
+
+    a = write_bag(tmp_path / "a", synthetic_episodes(1, 4, seed=1))
+    b = write_bag(tmp_path / "b", synthetic_episodes(1, 4, seed=2))
+    with new_buffer(tmp_path / "buf") as buf:
+        s1 = ingest_into_replay([a], buf, tmp_path / "run")
+        s2 = ingest_into_replay([a, b], buf, tmp_path / "run")  # a learner restart + new bag
+        assert (s1.episodes, s2.episodes, buf.num_episodes) == (1, 1, 2)
+        assert "already ingested" in s2.notes[0] and "1 episodes" in str(s2)
+    with new_buffer(tmp_path / "fresh") as buf:  # a recreated buffer: ledger ignored
+        assert ingest_into_replay([a, b], buf, tmp_path / "run").episodes == 2
