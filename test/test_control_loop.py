@@ -177,3 +177,18 @@ def test_low_dim_layout_inference_and_refusals():
         build_low_dim(lay63, q, q, np.ones(3), np.zeros(3))
     with pytest.raises(ValueError, match="NaN"):
         build_low_dim(LowDimLayout.infer(54, 3), q * np.nan, q, np.ones(3), np.zeros(3))
+
+
+def test_late_event_from_the_previous_episode_is_ignored():
+    loop, _ = _loop(max_episode_steps=0)
+    loop.start_episode(now_ns=1000 * MS)
+    _feed(loop, 1000 * MS)
+    loop.tick(1001 * MS)
+    loop.on_event(Event.SUCCESS, stamp_ns=900 * MS)  # stamped before this episode began
+    _feed(loop, 1100 * MS)
+    res = loop.tick(1101 * MS)
+    assert not res.step.is_last and res.command is not None
+    loop.on_event(Event.FAILURE, stamp_ns=1150 * MS)
+    _feed(loop, 1200 * MS)
+    res = loop.tick(1201 * MS)
+    assert res.step.is_last and res.step.terminated and res.step.reward == 0.0

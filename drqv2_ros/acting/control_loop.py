@@ -92,6 +92,7 @@ class ControlLoop:
         self._prev_action: np.ndarray | None = None
         self._prev_intervention = False
         self._last_gripper = 0.0
+        self._episode_start_ns = 0
 
     # -- inputs (newest value wins) ------------------------------------------------------
     def on_image(self, frames: np.ndarray, stamp_ns: int) -> None:
@@ -103,8 +104,10 @@ class ControlLoop:
     def on_operator(self, active: bool, action: np.ndarray | None, stamp_ns: int) -> None:
         self._operator = _Latest((bool(active), action), stamp_ns)
 
-    def on_event(self, event: Event) -> None:
-        if self.running:
+    def on_event(self, event: Event, stamp_ns: int | None = None) -> None:
+        """An episode event; one stamped before the current episode started (e.g. a second
+        SUCCESS for the previous episode from another source) is ignored."""
+        if self.running and (stamp_ns is None or stamp_ns >= self._episode_start_ns):
             self._events.append(Event(event))
 
     def on_reward(self, value: float) -> None:
@@ -115,8 +118,9 @@ class ControlLoop:
         """Install a new policy; it takes effect at the start of the next tick."""
         self._pending_act = act
 
-    def start_episode(self) -> None:
+    def start_episode(self, now_ns: int = 0) -> None:
         """Called once the robot/scene reset has completed."""
+        self._episode_start_ns = now_ns
         self.episode += 1
         self.index = 0
         self.running = True

@@ -42,8 +42,17 @@ def _demo_params(a) -> dict:
             "publish_weights_period_s": a.weights_period, "online_capacity": 20000,
             "offline_capacity": 10000, "torch_threads": 1, "metrics_period_s": 2.0,
             "max_updates_per_second": a.max_updates_per_second}},
-        "scripted_operator": {"ros__parameters": {"seed": a.seed}},
+        # HIL: the operator takes over in about half the episodes, for a few seconds each.
+        "scripted_operator": {"ros__parameters": {
+            "seed": a.seed, "intervene_every_n_episodes": 0,
+            "intervene_probability": a.intervene_probability, "intervene_start_s": 0.5,
+            "intervene_duration_s": 3.0}},
         "so101_driver": {"ros__parameters": {"seed": a.seed}},
+        # The run's bag: the transition stream and the small topics (raw 640x480 frames
+        # would add ~9 MB/s; `drqv2-ros record` records them when asked).
+        "recorder": {"ros__parameters": {"topics": [
+            "step", "joint_states", "camera/image_policy", "ee_command", "intervention",
+            "episode_event", "driver/status"]}},
     }
 
 
@@ -117,6 +126,7 @@ class Monitor:
             "critic_loss": m.critic_loss, "actor_loss": m.actor_loss, "q_mean": m.q_mean,
             "stddev": m.stddev, "updates_per_second": m.updates_per_second,
             "online_size": m.online_size, "offline_size": m.offline_size,
+            "transitions_received": m.transitions_received,
             "intervention_rate": m.intervention_rate, "weights_version": m.weights_version})
 
     def _on_step(self, m) -> None:
@@ -209,6 +219,8 @@ def sim_finetune_main(argv: list[str]) -> int:
     ap.add_argument("--checkpoint-every", type=int, default=10)
     ap.add_argument("--weights-period", type=float, default=4.0)
     ap.add_argument("--max-updates-per-second", type=float, default=4.0)
+    ap.add_argument("--intervene-probability", type=float, default=0.5,
+                    help="chance that the scripted operator takes over in an episode")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
 

@@ -188,7 +188,8 @@ class PolicyNode(Node):
 
     def _on_event(self, msg: EpisodeEvent) -> None:
         try:
-            self.loop.on_event(Event(msg.event))
+            stamp = stamp_to_ns(msg.header.stamp) or self.get_clock().now().nanoseconds
+            self.loop.on_event(Event(msg.event), stamp)
         except ValueError as exc:
             self._bad("episode_event", exc)
 
@@ -301,7 +302,7 @@ class PolicyNode(Node):
             result = self._reset_future.result()
             self._reset_future = None
             if result is not None and result.success:
-                self.loop.start_episode()
+                self.loop.start_episode(self.get_clock().now().nanoseconds)
                 self.get_logger().info(f"episode {self.loop.episode} started")
             else:
                 self.get_logger().error(f"reset_episode failed: "
