@@ -15,10 +15,11 @@ For each batch size it measures, in the same process:
 - a breakdown of the rest (augmentation, next encode + target, optimiser steps, target EMA).
 
 Prints updates/s and ``update / raw``. ``--quick`` runs fewer iterations (< 1 minute);
-``--keep-freed-memory`` first applies :func:`keep_freed_memory` (glibc keeps freed memory
-instead of unmapping it: far fewer page faults at batch 256).
+by default the process first applies :func:`keep_freed_memory` (glibc keeps freed memory
+instead of unmapping it, as a learner process should); ``--glibc-default`` skips that, to
+see the page-fault cost (3-6x slower at batch 256 here, and runs past 2 minutes).
 
-    .venv/bin/python bench/bench_update.py [--quick] [--keep-freed-memory] [--batch 256 64]
+    .venv/bin/python bench/bench_update.py [--quick] [--glibc-default] [--batch 256 64]
 """
 
 from __future__ import annotations
@@ -151,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=None, help="timed iterations per measurement")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
-    ap.add_argument("--keep-freed-memory", action="store_true",
-                    help="call learner.keep_freed_memory() first (glibc mallopt)")
+    ap.add_argument("--glibc-default", action="store_true",
+                    help="do NOT call learner.keep_freed_memory() (glibc mallopt) first")
     args = ap.parse_args(argv)
-    tuned = keep_freed_memory() if args.keep_freed_memory else False
+    tuned = False if args.glibc_default else keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     info = {
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     t0 = time.perf_counter()
     for b in args.batch:
-        iters = args.iters or ((2 if b >= 128 else 4) if args.quick else (4 if b >= 128 else 10))
+        iters = args.iters or ((2 if b >= 128 else 4) if args.quick else (5 if b >= 128 else 12))
         r = bench_batch(b, iters)
         results.append(r)
         print(f"batch {b:4d}: update {r['update_s'] * 1e3:8.1f} ms = {r['updates_per_s']:6.2f} "

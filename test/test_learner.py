@@ -512,3 +512,13 @@ def test_pick101_architecture_update_smoke():
     learner = DrQV2Learner(policy)
     m = learner.update(make_batch(policy.config, np.random.default_rng(0), b=2))
     assert np.isfinite(m["critic_loss"]) and m["iteration"] == 1234
+
+
+def test_keep_freed_memory_in_a_subprocess():
+    import subprocess
+    import sys
+
+    code = ("from drqv2_ros.learning.learner import keep_freed_memory as k; "
+            "import sys; sys.exit(0 if k() else 3)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

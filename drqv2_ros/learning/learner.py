@@ -72,7 +72,8 @@ _MAGIC = b"DRQV2LRN"  # file = magic (8) + sha256(payload) (32) + payload (torch
 # counters (restored from the state) and provenance. Everything else must match.
 _CONFIG_VOLATILE = {"main_loop_iterations", "pretrain_step", "global_env_episode", "source",
                     "defaulted"}
-# Fields that describe the network; a learner config override may not change them.
+# Fields a learner config override may change (hyper-parameters, counters, provenance);
+# every other field describes the network and must equal the policy's.
 _CONFIG_HPARAMS = {
     "stddev_schedule", "stddev_clip", "critic_target_tau", "discount", "nstep", "actor_lr",
     "critic_lr", "encoder_lr", "view_fusion_lr", "weight_decay", "use_augmentation", "aug_pad",
@@ -366,8 +367,9 @@ class DrQV2Learner:
         """One DrQ-v2 update on ``batch`` (numpy or torch, layout of ``ReplayBuffer.sample``).
 
         Returns float metrics. The std schedule is read at :attr:`iteration`, which then
-        advances by ``update_every_steps``. Raises ``FloatingPointError`` (weights untouched)
-        when a loss is not finite.
+        advances by ``update_every_steps``. Raises ``FloatingPointError`` when a loss is not
+        finite: a bad critic loss before any step (nothing changed), a bad actor loss after
+        the critic/encoder steps but before the actor step.
         """
         cfg = self.config
         p = self.policy

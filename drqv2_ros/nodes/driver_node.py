@@ -10,10 +10,12 @@ filter before ``write_joint_targets``.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
@@ -71,7 +73,11 @@ class DriverParams:
                                "camera_front/image_raw.")
     camera_frame_id: str = param("wrist_camera", "frame_id of the published images.")
     seed: int = param(0, "Sim RNG seed (cube placement); episodes draw from one stream.")
-    home_position: list = param([0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "Sim home joint positions "
+    reset_timeout_s: float = param(15.0, "Real arm: reset_episode fails if home is not "
+                                   "reached within this time (s).")
+    home_tolerance_rad: float = param(0.05, "Real arm: home is reached when every arm joint "
+                                      "is this close (rad).")
+    home_position: list = param([0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "Home joint positions "
                                 "(rad, JOINT_NAMES order) at every episode reset.")
     cube_xy_min: list = param([0.37, -0.13], "Sim cube placement box, lower x, y (m).")
     cube_xy_max: list = param([0.43, -0.07], "Sim cube placement box, upper x, y (m).")
@@ -163,7 +169,11 @@ class DriverNode(Node):
                                  reliable_qos(1))
         self.create_service(Trigger, "estop", self.on_estop)
         self.create_service(Trigger, "reset_estop", self.on_reset_estop)
-        self.create_service(Trigger, "reset_episode", self.on_reset_episode)
+        # reset_episode waits for the real arm to reach home: its own callback group (and
+        # executor thread), so the control tick keeps running meanwhile.
+        self.create_service(Trigger, "reset_episode", self.on_reset_episode,
+                            callback_group=MutuallyExclusiveCallbackGroup())
+        self._homing = threading.Event()
         self.create_timer(1.0 / p.rate_hz, self.on_tick)
         if self.is_sim:
             self.pub_raw = self.create_publisher(Image, "camera/image_raw", SENSOR_QOS)
@@ -222,6 +232,9 @@ class DriverNode(Node):
     # -- commands --------------------------------------------------------------------------
     def on_ee_command(self, msg: EndEffectorCommand) -> None:
         now = self._now_ns()
+        if self._homing.is_set():
+            self.safety.reject("homing for an episode reset")
+            return self._refused()
         if not self.safety.check_ee(msg.delta, msg.gripper, stamp_to_ns(msg.header.stamp), now):
             return self._refused()
         q = self._read()
@@ -238,6 +251,9 @@ class DriverNode(Node):
 
     def on_joint_command(self, msg: JointState) -> None:
         now = self._now_ns()
+        if self._homing.is_set():
+            self.safety.reject("homing for an episode reset")
+            return self._refused()
         positions = np.asarray(msg.position, dtype=np.float64)
         names = list(msg.name)
         if names:
@@ -274,9 +290,7 @@ class DriverNode(Node):
 
     def on_reset_episode(self, request, response):
         if not self.is_sim:
-            response.success = False
-            response.message = "reset_episode is only available in sim"
-            return response
+            return self._home(response)
         self.backend.reset_episode()
         self.safety.forget_target()
         self.tracker.reset()
@@ -284,6 +298,32 @@ class DriverNode(Node):
         response.success = True
         response.message = f"episode {self.backend.world.episode} started"
         return response
+
+    def _home(self, response):
+        """Real arm: drive to `home_position` through the safety filter (per-step clamp),
+        answer once there. The scene itself is reset by the operator."""
+        self.tracker.reset()
+        self._homing.set()
+        deadline = time.monotonic() + self.p.reset_timeout_s
+        while self._homing.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self._homing.is_set():
+            self._homing.clear()
+            response.success = False
+            response.message = (f"arm did not reach home within {self.p.reset_timeout_s:.0f} s "
+                                f"({self.safety.last_reject_reason or 'blocked'})")
+        else:
+            self.safety.forget_target()
+            response.success = True
+            response.message = "arm at home; reset the scene by hand"
+        return response
+
+    def _homing_step(self, q: np.ndarray, now: int) -> None:
+        home = np.asarray(self.p.home_position, dtype=np.float64)
+        if np.max(np.abs(q[:-1] - home[:-1])) <= self.p.home_tolerance_rad:
+            self._homing.clear()
+            return
+        self._write(self.safety.apply(home, q, now))
 
     # -- timers ----------------------------------------------------------------------------
     def on_tick(self) -> None:
@@ -293,6 +333,8 @@ class DriverNode(Node):
                 self._warn(f"sim camera stopped: {self.camera.error}")
         now = self._now_ns()
         q = self._read()
+        if q is not None and self._homing.is_set():
+            self._homing_step(q, now)
         if q is not None:
             hold = self.safety.tick(now, q)
             if hold is not None:
@@ -367,7 +409,7 @@ class DriverNode(Node):
 def main(args: list[str] | None = None) -> int:
     from drqv2_ros.nodes.common import run_node
 
-    return run_node(DriverNode, args)
+    return run_node(DriverNode, args, threads=2)
 
 
 if __name__ == "__main__":
