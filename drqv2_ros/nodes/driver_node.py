@@ -1,7 +1,7 @@
 """so101_driver: the SO-101 arm (MuJoCo sim or Feetech bus) as a ROS 2 node.
 
 Thin wiring: parameters -> ``Kinematics`` + ``SafetyFilter`` + an ``ArmBackend``; topics and
-services in docs/driver.md. Every command, whatever its source, goes through the safety
+services in README.md (so101_driver). Every command, whatever its source, goes through the safety
 filter before ``write_joint_targets``.
 
     python -m drqv2_ros.nodes.driver_node --ros-args --params-file config/so101_driver.yaml

@@ -1,6 +1,6 @@
 """Gamepad (sensor_msgs/Joy) -> human intervention, without ROS.
 
-A per-controller YAML file (``config/joy/<controller>.yaml``, format in docs/teleop.md)
+A per-controller YAML file (``config/joy/<controller>.yaml``, format in README.md (teleop))
 says which Joy axes drive the end-effector deltas, which axis or buttons drive the gripper,
 and which buttons are the deadman (intervention while held, HIL-SERL's RB) and the episode
 buttons (success, failure, re-record).
