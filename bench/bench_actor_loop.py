@@ -50,7 +50,6 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -287,6 +286,14 @@ def latency_stats(rec: Recorder, t0: int, t1: int) -> dict:
                 tick_period_ms=periods, commands_per_s=len(cmds) / ((t1 - t0) / 1e9))
 
 
+def max_tick_gap(rec: Recorder, t0: int, t1: int) -> float:
+    """Largest timer gap the policy reported (status: max over each 1 s) in [t0, t1 + 1 s]."""
+    with rec.lock:
+        gaps = [st.get("max_tick_gap_ms", 0.0) for t, st in rec.status
+                if t0 + 0.5e9 <= t <= t1 + 1.1e9]
+    return max(gaps) if gaps else float("nan")
+
+
 def status_delta(a: dict, b: dict) -> dict:
     skipped = {k: b.get("skipped", {}).get(k, 0) - a.get("skipped", {}).get(k, 0)
                for k in b.get("skipped", {})}
@@ -345,6 +352,7 @@ def run_graph(tmp: Path, args) -> dict:
         time.sleep(1.2)  # the status covering the window's end
         out["window_status"] = status_delta(rec.status_at(w0), rec.status_at(w1, after=True))
         out["window_s"] = dt
+        out["window_max_tick_gap_ms"] = max_tick_gap(rec, w0, w1)
 
         # 2. hot-swaps (learner still training)
         client = probe.node.create_client(LoadCheckpoint, "load_checkpoint")
@@ -370,6 +378,7 @@ def run_graph(tmp: Path, args) -> dict:
         out["swap_server_ms"] = server  # as the node reports it (2 decimals of a second)
         out["swap_status"] = status_delta(rec.status_at(s0), rec.status_at(s1, after=True))
         out["swap_window_s"] = (s1 - s0) / 1e9
+        out["swap_max_tick_gap_ms"] = max_tick_gap(rec, s0, s1)
         out["swap_latency"] = latency_stats(rec, s0, s1)
         time.sleep(max(0.0, args.push_period * 1.5))  # let a push land after the swaps
     finally:
@@ -388,7 +397,8 @@ def run_graph(tmp: Path, args) -> dict:
                                  if v in applied]
     versions = {st.get("weights_version", -1) for _, st in rec.status}
     out["pushes_seen_applied_in_status"] = sum(1 for v in pushes if v in versions)
-    out["log_errors"] = {p.name: p.log().count("[ERROR]") for p in procs}
+    out["log_errors"] = {p.name: p.log_path.read_text(errors="replace").count("[ERROR]")
+                         for p in procs}
     return out
 
 
@@ -412,7 +422,7 @@ def report(base: dict, g: dict, info: dict) -> dict:
     row("    camera pipeline (render+pub)", L["camera_pipeline_ms"], "probe recv - stamp")
     row("    wait for the 10 Hz tick", L["wait_for_tick_ms"], "tick - image recv")
     row("  tick -> cmd received", L["tick_to_recv_ms"], "inference + publish + DDS")
-    row("tick period (cmd stamps)", L["tick_period_ms"], "nominal 100")
+    row("command interval (cmd stamps)", L["tick_period_ms"], "100; + resets, skips")
     S = g["swap_latency"]
     row("image stamp -> cmd, during swaps", S["total_ms"])
     row("  tick -> cmd received, during swaps", S["tick_to_recv_ms"])
@@ -461,9 +471,11 @@ def report(base: dict, g: dict, info: dict) -> dict:
     print(f"matched commands {L['n']} (unmatched {L['unmatched']}), commands/s "
           f"{L['commands_per_s']:.2f}")
     print(f"ticks missed while training: {ws['missed']} in {ws['ticks']} ticks "
-          f"({g['window_s']:.0f} s); skipped {ws['skipped']}")
+          f"({g['window_s']:.0f} s), max timer gap {g['window_max_tick_gap_ms']:.0f} ms; "
+          f"skipped {ws['skipped']}")
     print(f"ticks missed during {2 * len(g['swap_ms']['pt'])} swaps: {ss['missed']} in "
-          f"{ss['ticks']} ticks ({g['swap_window_s']:.1f} s); skipped {ss['skipped']}")
+          f"{ss['ticks']} ticks ({g['swap_window_s']:.1f} s), max timer gap "
+          f"{g['swap_max_tick_gap_ms']:.0f} ms; skipped {ss['skipped']}")
     print(f"weight pushes after warm-up: {g['push_count']}, timed applies (log, 1 per 10 s): "
           f"{len(g['push_to_applied_ms'])}, seen applied in status: "
           f"{g['pushes_seen_applied_in_status']}; weights {base['weights_bytes'] / 1e6:.2f} MB")
@@ -503,9 +515,10 @@ def main(argv: list[str] | None = None) -> int:
                 learner_threads=args.learner_threads,
                 max_updates_per_second=args.max_updates_per_second, render=args.render,
                 window_s=args.window, swaps=args.swaps, push_period_s=args.push_period)
+    cap = (f"<= {args.max_updates_per_second}/s" if args.max_updates_per_second
+           else "uncapped")
     print(f"{info['cpus']} CPUs, torch {info['torch']}, load avg {info['load_avg_start'][0]:.2f}"
-          f"; learner batch {args.batch}, {args.learner_threads} threads, updates "
-          f"{'uncapped' if not args.max_updates_per_second else f'<= {args.max_updates_per_second}/s'}"
+          f"; learner batch {args.batch}, {args.learner_threads} threads, updates {cap}"
           f"; render {args.render} at 10 Hz; control 10 Hz")
     tmp = Path(tempfile.mkdtemp(prefix="bench_actor_loop_"))
     try:

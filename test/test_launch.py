@@ -26,70 +26,162 @@ def _have_real_launch() -> bool:
             p.name for p in Path(spec.origin).parent.iterdir())
 
 
+# Keyword arguments the real launch_ros Node (jazzy) accepts: its own, then those of
+# launch's ExecuteProcess/ExecuteLocal it forwards **kwargs to. Anything else is a TypeError.
+_NODE_KWARGS = {
+    "executable", "package", "name", "namespace", "exec_name", "parameters", "remappings",
+    "ros_arguments", "arguments",
+    "prefix", "cwd", "env", "additional_env", "shell", "sigterm_timeout", "sigkill_timeout",
+    "emulate_tty", "output", "output_format", "cached_output", "log_cmd", "on_exit",
+    "respawn", "respawn_delay", "respawn_max_retries",
+}
+
+
 class _StandIn:
-    """Minimal launch/launch_ros with the same call signatures the launch file uses."""
+    """Minimal launch/launch_ros that behaves like the real API the launch file and this test
+    use (checked against ros2/launch and ros2/launch_ros, branch jazzy): entities are applied
+    with ``visit(context)``; DeclareLaunchArgument sets its default in
+    ``context.launch_configurations`` unless given; OpaqueFunction keeps its function private
+    and returns its actions from ``visit``; Node takes keyword arguments only and rejects
+    unknown ones; ``parameters`` must be a list."""
 
     def __init__(self):
         self.modules = {}
 
+        class LaunchContext:
+            def __init__(self):
+                self.launch_configurations = {}
+
         class LaunchDescription:
-            def __init__(self, entities):
-                self.entities = list(entities)
+            def __init__(self, initial_entities=None):
+                self.entities = list(initial_entities or [])
 
         class DeclareLaunchArgument:
-            def __init__(self, name, default_value=None, description=""):
-                self.name, self.default_value, self.description = name, default_value, description
+            def __init__(self, name, *, default_value=None, description=None, choices=None,
+                         **kwargs):
+                self.name, self.description = name, description
+                self.__default, self.__choices = default_value, choices
+
+            def visit(self, context):
+                if self.name not in context.launch_configurations:
+                    if self.__default is None:
+                        raise RuntimeError(f'Required launch argument "{self.name}" '
+                                           "was not provided.")
+                    context.launch_configurations[self.name] = str(self.__default)
+                value = context.launch_configurations[self.name]
+                if self.__choices is not None and value not in self.__choices:
+                    raise RuntimeError(f'Argument "{self.name}" provided value "{value}" '
+                                       "is not valid")
+                return None
 
         class OpaqueFunction:
-            def __init__(self, function, args=None, kwargs=None):
-                self.function = function
+            def __init__(self, *, function, args=None, kwargs=None, **_):
+                self.__function, self.__args, self.__kwargs = function, args or [], kwargs or {}
+
+            def visit(self, context):
+                return self.__function(context, *self.__args, **self.__kwargs)
 
         class LaunchConfiguration:
-            def __init__(self, name):
-                self.name = name
+            def __init__(self, variable_name, *, default=None):
+                self.__name, self.__default = variable_name, default
 
             def perform(self, context):
-                return context.launch_configurations[self.name]
+                if self.__name not in context.launch_configurations:
+                    if self.__default is None:
+                        raise LookupError(f"launch configuration '{self.__name}' does not "
+                                          "exist")
+                    return str(self.__default)
+                return context.launch_configurations[self.__name]
 
         class Node:
-            def __init__(self, *, package, executable, name=None, namespace="",
-                         parameters=(), output="log", emulate_tty=False, arguments=()):
-                self.package, self.executable, self.name = package, executable, name
-                self.namespace, self.parameters, self.arguments = namespace, parameters, arguments
+            def __init__(self, **kwargs):
+                unknown = set(kwargs) - _NODE_KWARGS
+                if unknown:
+                    raise TypeError(f"Node got unexpected keyword arguments {sorted(unknown)}")
+                if "executable" not in kwargs:
+                    raise TypeError("Node missing required keyword argument 'executable'")
+                if kwargs.get("parameters") is not None and \
+                        not isinstance(kwargs["parameters"], list):
+                    raise TypeError("'parameters' must be a list")
+                self.__package = kwargs.get("package")
+                self.__executable = kwargs["executable"]
 
-        def get_package_share_directory(pkg):
-            assert pkg == "drqv2_ros"
-            return str(ROOT)
+            @property
+            def node_package(self):
+                return self.__package
+
+            @property
+            def node_executable(self):
+                return self.__executable
 
         mods = {
-            "launch": dict(LaunchDescription=LaunchDescription),
+            "launch": dict(LaunchDescription=LaunchDescription, LaunchContext=LaunchContext),
             "launch.actions": dict(DeclareLaunchArgument=DeclareLaunchArgument,
                                    OpaqueFunction=OpaqueFunction),
             "launch.substitutions": dict(LaunchConfiguration=LaunchConfiguration),
             "launch_ros": {},
             "launch_ros.actions": dict(Node=Node),
-            "ament_index_python.packages": dict(
-                get_package_share_directory=get_package_share_directory),
         }
         for name, attrs in mods.items():
             m = types.ModuleType(name)
             m.__dict__.update(attrs)
             self.modules[name] = m
+        for name, m in self.modules.items():  # as the import system does: launch.actions
+            parent, _, child = name.rpartition(".")
+            if parent:
+                setattr(self.modules[parent], child, m)
+
+
+def _share_directory(pkg):
+    assert pkg == "drqv2_ros", pkg
+    return str(ROOT)  # config/ from this checkout, not a possibly stale installed copy
 
 
 def _describe(monkeypatch, configs: dict[str, str]):
-    if not _have_real_launch():
+    """Evaluate the launch file as ``ros2 launch`` would for ``configs``: returns the
+    declared argument names and the Node actions, each with ``.kw`` = its constructor
+    keyword arguments."""
+    real = _have_real_launch()
+    if not real:
         for name, mod in _StandIn().modules.items():
             monkeypatch.setitem(sys.modules, name, mod)
+    if importlib.util.find_spec("ament_index_python") is not None:
+        import ament_index_python.packages as aip
+        monkeypatch.setattr(aip, "get_package_share_directory", _share_directory)
+    else:
+        mod = types.ModuleType("ament_index_python.packages")
+        mod.get_package_share_directory = _share_directory
+        monkeypatch.setitem(sys.modules, "ament_index_python.packages", mod)
+
+    import launch
+    import launch.actions
+    import launch_ros.actions
+
+    class RecordingNode(launch_ros.actions.Node):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.kw = kwargs
+
+    monkeypatch.setattr(launch_ros.actions, "Node", RecordingNode)
     ns = runpy.run_path(str(LAUNCH_FILE))
     ld = ns["generate_launch_description"]()
-    args = {e.name: e.default_value for e in ld.entities if hasattr(e, "default_value")}
-    args.update(configs)
-    ctx = types.SimpleNamespace(launch_configurations=args)
-    nodes = []
+    context = launch.LaunchContext()
+    context.launch_configurations.update(configs)
+    args, nodes = [], []
     for e in ld.entities:
-        if hasattr(e, "function"):
-            nodes += e.function(ctx)
+        if isinstance(e, launch.actions.DeclareLaunchArgument):
+            args.append(e.name)
+            e.visit(context)
+        elif isinstance(e, launch.actions.OpaqueFunction):
+            nodes += list(e.visit(context) or [])
+        else:
+            raise AssertionError(f"unexpected launch entity {e!r}")
+    for n in nodes:
+        assert isinstance(n, RecordingNode), n
+        if real:
+            # What Node.execute does first: validates node name and namespace and turns
+            # the parameter dicts into a parameters file (raises on a bad value).
+            n._perform_substitutions(context)
     return args, nodes
 
 
@@ -104,16 +196,17 @@ def test_launch_file_names_existing_executables_and_params(monkeypatch, configs)
                      "log_level", "record"):
         assert required in args, f"launch argument {required} missing"
     assert nodes, "the launch file starts no node"
-    names = {n.name for n in nodes}
+    names = {n.kw["name"] for n in nodes}
     assert {"so101_driver", "policy"} <= names
     for n in nodes:
-        if n.package == "drqv2_ros":
-            assert n.executable in EXECUTABLES, f"unknown executable {n.executable}"
-            module = EXECUTABLES[n.executable].split(":")[0]
+        assert (n.node_package, n.node_executable) == (n.kw["package"], n.kw["executable"])
+        if n.node_package == "drqv2_ros":
+            assert n.node_executable in EXECUTABLES, f"unknown executable {n.node_executable}"
+            module = EXECUTABLES[n.node_executable].split(":")[0]
             assert importlib.util.find_spec(module) is not None, f"{module} missing"
         else:
-            assert (n.package, n.executable) == ("joy", "joy_node")
-        for p in n.parameters:
+            assert (n.node_package, n.node_executable) == ("joy", "joy_node")
+        for p in n.kw["parameters"]:
             if isinstance(p, str):
                 path = Path(p)
                 assert path.is_file(), f"parameter file {p} missing"
@@ -126,7 +219,7 @@ def test_graph_matches_launch_and_plain_launcher(monkeypatch):
     _, nodes = _describe(monkeypatch, {"mode": "sim", "operator": "scripted"})
     opt = GraphOptions(mode="sim", operator="scripted")
     specs = build_graph(opt)
-    assert [n.name for n in nodes] == [s.name for s in specs]
+    assert [n.kw["name"] for n in nodes] == [s.name for s in specs]
     for s in specs:
         cmd = node_command(s, opt)
         assert cmd[:3] == [sys.executable, "-m", EXECUTABLES[s.executable].split(":")[0]]

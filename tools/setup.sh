@@ -11,6 +11,11 @@ PY="${PYTHON:-python3}"
 STAMPS="$VENV/.drqv2_stamps"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+# One set-up at a time per venv (the test and the sim commands may start together).
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock 9
+
 # System packages (Debian/Ubuntu): compilers and CMake for the interface build, EGL for
 # MuJoCo's offscreen renderer. Only installed when something is missing.
 need_apt=()
@@ -39,13 +44,16 @@ REQ="$ROOT/tools/requirements.txt"
 key="$(hash_of "$REQ" "$0")-$ROS_DISTRO_WHEELS"
 if ! stamp_ok pip "$key"; then
   log "installing Python dependencies (torch 2.13.0 CPU, ROS 2 $ROS_DISTRO_WHEELS wheels, ...)"
-  "$VPY" -m pip install -q --upgrade pip wheel
+  PLOG="$STAMPS/pip.log"
+  : >"$PLOG"
+  pipi() { "$VPY" -m pip install -q "$@" >>"$PLOG" 2>&1 || { tail -40 "$PLOG" >&2; exit 1; }; }
+  pipi --upgrade pip wheel
   # torch first and pinned exactly: any looser spec resolves to a CUDA build.
-  "$VPY" -m pip install -q torch==2.13.0
+  pipi torch==2.13.0
   # Kilted split ament_cmake_ros into ament_cmake_ros_core; Jazzy still has the old name.
   case "$ROS_DISTRO_WHEELS" in jazzy|humble) acr="ament-cmake-ros ros-$ROS_DISTRO_WHEELS-ament-cmake-gmock ros-$ROS_DISTRO_WHEELS-ament-cmake-gtest ros-$ROS_DISTRO_WHEELS-ament-cmake-pytest ros-$ROS_DISTRO_WHEELS-python-cmake-module" ;; *) acr=ament-cmake-ros-core ;; esac
   sed -e "s/@ROS@/$ROS_DISTRO_WHEELS/g" -e "s/@AMENT_CMAKE_ROS@/$acr/g" -e 's/#.*//' "$REQ" | tr ' ' '\n' | grep -v '^$' >"$STAMPS/requirements.resolved.txt"
-  "$VPY" -m pip install -q -r "$STAMPS/requirements.resolved.txt" torch==2.13.0
+  pipi -r "$STAMPS/requirements.resolved.txt" torch==2.13.0
   stamp_set pip "$key"
 fi
 
@@ -69,7 +77,9 @@ fi
 pkey="$(hash_of "$ROOT/setup.py" "$ROOT/drqv2_ros/executables.py")-$key"
 if ! stamp_ok editable "$pkey"; then
   log "installing drqv2_ros (editable)"
-  "$VPY" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" --config-settings editable_mode=compat
+  "$VPY" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" \
+    --config-settings editable_mode=compat >"$STAMPS/pip-editable.log" 2>&1 \
+    || { tail -40 "$STAMPS/pip-editable.log" >&2; exit 1; }
   stamp_set editable "$pkey"
 fi
 # Interfaces (msg/, srv/) with CMake into the venv prefix; the Python package itself is

@@ -78,8 +78,9 @@ class PolicyRunner:
     def __call__(self, rgb: np.ndarray, low_dim: np.ndarray, explore: bool) -> np.ndarray:
         batch = {"rgb": torch.from_numpy(np.ascontiguousarray(rgb)).unsqueeze(0),
                  "observation.state": torch.from_numpy(np.ascontiguousarray(low_dim))}
+        # RoboBase acts with unclipped TruncatedNormal noise (stddev_clip is for the update).
         a = self.policy.select_action(batch, step=self.schedule_step, explore=explore,
-                                      generator=self._gen)
+                                      clip=None, generator=self._gen)
         return a[0].numpy()
 
     # -- learner weights --------------------------------------------------------------------

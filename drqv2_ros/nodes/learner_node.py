@@ -14,6 +14,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from drqv2_ros.convert.robobase import load_checkpoint_any
+from drqv2_ros.learning.learner import keep_freed_memory
 from drqv2_ros.learning.training_loop import TrainingConfig, TrainingLoop
 from drqv2_ros.msg import PolicyWeights, Step, TrainingMetrics
 from drqv2_ros.nodes.common import declare_parameters, param, reliable_qos, run_node
@@ -117,6 +118,7 @@ class LearnerNode(Node):
 
 
 def main(args=None) -> int:
+    keep_freed_memory()  # glibc: reuse freed update buffers (several times faster updates)
     return run_node(LearnerNode, args)
 
 
