@@ -38,3 +38,18 @@ def probe(ros_env):
     p = Probe(ros_env)
     yield p
     p.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_torch_thread():
+    """One intra-op torch thread in the test process: on a busy 2-core machine OpenMP threads
+    contend badly (node processes set their own)."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -22,15 +22,6 @@ from drqv2_ros.policy.configuration_drqv2 import CONFIG_NAME
 from drqv2_ros.policy.modeling_drqv2 import WEIGHTS_NAME
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a busy 2-core machine OpenMP threads contend badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small_config(**kw) -> DrQV2Config:
     base = dict(
         image_height=24,
