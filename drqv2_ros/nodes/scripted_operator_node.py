@@ -51,7 +51,8 @@ class ScriptedOperatorParams:
     hover_height: float = param(0.06, "approach height above the cube centre (m)")
     grasp_offset: float = param(0.0, "gripper site z relative to the cube centre at grasp (m)")
     grasp_x_offset: float = param(0.0, "gripper site x relative to the cube centre (m)")
-    grasp_y_offset: float = param(0.0, "gripper site y relative to the cube centre (m)")
+    grasp_y_offset: float = param(-0.022, "gripper site y relative to the cube centre (m); "
+                                  "-0.022: the fixed jaw beside the cube's -y face")
     stall_ticks: int = param(8, "ticks without descent progress (jaws blocked) before closing")
     lift_z: float = param(0.15, "lift target height (m)")
     xy_tolerance: float = param(0.008, "xy alignment tolerance (m)")
