@@ -59,7 +59,7 @@ def test_episode_records_executed_actions_and_truncates():
         np.testing.assert_array_equal(s.action, np.full(4, 0.5, np.float32))
     last = steps[-1]
     assert last.is_last and not last.terminated  # truncation bootstraps
-    assert res.request_reset and res.command is None
+    assert res.request_reset and res.command is None and res.end_reason == "timeout"
     # the policy saw a stack rebuilt oldest-first, starting with repeated first frames
     rgb0 = calls[0][0]
     assert rgb0.shape == (1, 9, 4, 4) and np.all(rgb0 == 0)
@@ -76,7 +76,7 @@ def test_success_event_terminates_with_reward_on_next_step():
     _feed(loop, 100 * MS)
     res = loop.tick(101 * MS)
     assert res.step.is_last and res.step.terminated and res.step.reward == 1.0
-    assert res.request_reset and res.command is None
+    assert res.request_reset and res.command is None and res.end_reason == "success"
 
 
 def test_reward_topic_threshold_ends_episode():

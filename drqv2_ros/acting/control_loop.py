@@ -53,6 +53,8 @@ class TickResult:
     step: StepRecord | None = None       # transition data to publish
     skipped: str | None = None           # why nothing was commanded this tick
     request_reset: bool = False          # the episode ended: reset the robot/scene
+    end_reason: str = ""                 # why it ended: success, failure, reward, rerecord,
+    #                                      timeout (max_episode_steps)
     is_intervention: bool = False
 
 
@@ -154,7 +156,7 @@ class ControlLoop:
             return self._skip(f"bad joint state: {exc}")
         frames = self._image.value
 
-        terminated, truncated, reward = self._episode_outcome()
+        terminated, truncated, reward, reason = self._episode_outcome()
         is_last = terminated or truncated
         record = StepRecord(
             episode=self.episode, index=self.index, stamp_ns=self._image.stamp_ns,
@@ -167,7 +169,8 @@ class ControlLoop:
         self.index += 1
         if is_last:
             self.running = False
-            return TickResult(step=record, request_reset=True, skipped="episode ended")
+            return TickResult(step=record, request_reset=True, skipped="episode ended",
+                              end_reason=reason)
 
         action, human = self._choose_action(rgb, low, now_ns)
         if action is None:
@@ -183,28 +186,31 @@ class ControlLoop:
         self.stats.interventions += int(human)
         return TickResult(command=action, step=record, is_intervention=human)
 
-    def _episode_outcome(self) -> tuple[bool, bool, float]:
-        """(terminated, truncated, reward) for the observation about to be recorded."""
+    def _episode_outcome(self) -> tuple[bool, bool, float, str]:
+        """(terminated, truncated, reward, reason) for the observation about to be recorded."""
         if self.index == 0:
             self._events.clear()
             self._reward = None
-            return False, False, 0.0
+            return False, False, 0.0, ""
         reward = self._reward if self._reward is not None else 0.0
         terminated = truncated = False
+        reason = ""
         if self._reward is not None and self._reward >= self.cfg.reward_success_threshold:
-            terminated = True
+            terminated, reason = True, "reward"
         for ev in self._events:
             if ev == Event.SUCCESS:
                 terminated, reward = True, max(reward, self.cfg.success_reward)
+                reason = "success"
             elif ev == Event.FAILURE:
-                terminated = True
+                terminated, reason = True, reason or "failure"
             elif ev in (Event.RERECORD, Event.TIMEOUT):
-                truncated = True
+                truncated, reason = True, reason or ev.name.lower()
         self._events.clear()
         self._reward = None
-        if self.cfg.max_episode_steps and self.index >= self.cfg.max_episode_steps:
-            truncated = not terminated
-        return terminated, truncated, float(reward)
+        if self.cfg.max_episode_steps and self.index >= self.cfg.max_episode_steps \
+                and not (terminated or truncated):
+            truncated, reason = True, "timeout"
+        return terminated, truncated, float(reward), reason
 
     def _choose_action(self, rgb, low, now_ns) -> tuple[np.ndarray | None, bool]:
         op = self._operator

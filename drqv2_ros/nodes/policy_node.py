@@ -123,6 +123,9 @@ class PolicyNode(Node):
         self.cmd_pub = self.create_publisher(EndEffectorCommand, "ee_command", reliable_qos(1))
         self.step_pub = self.create_publisher(Step, "step", reliable_qos(100))
         self.status_pub = self.create_publisher(String, "policy/status", reliable_qos(10))
+        # Episodes that end by truncation are announced like the operator's events, so every
+        # node (scripted operator, recorder, monitors) sees the same episode boundaries.
+        self.event_pub = self.create_publisher(EpisodeEvent, "episode_event", reliable_qos(10))
         self.create_subscription(Image, "camera/image_policy", self._on_image, SENSOR_QOS)
         self.create_subscription(JointState, "joint_states", self._on_joints, SENSOR_QOS)
         self.create_subscription(Intervention, "intervention", self._on_intervention,
@@ -287,6 +290,10 @@ class PolicyNode(Node):
         if res.step is not None:
             self.step_pub.publish(to_msg(res.step, Step, Image))
         if res.request_reset:
+            if res.end_reason == "timeout":
+                ev = EpisodeEvent(event=EpisodeEvent.TIMEOUT, source="policy")
+                ns_to_stamp(now, ev.header.stamp)
+                self.event_pub.publish(ev)
             self._request_reset(now)
         elif res.command is None and res.skipped:
             self.get_logger().warning(f"nothing commanded: {res.skipped}",
