@@ -2,6 +2,8 @@
 
 Layout: ``policy`` (DrQ-v2 networks and agent, LeRobot-style config/checkpoints),
 ``convert`` (safe RoboBase snapshot conversion), ``learning`` (replay buffer, learner),
+``acting`` (the actor's control loop and hot-swappable policy runner), ``observation``
+(preprocessing, frame stacks, low-dim layout, the Step codec),
 ``robot`` (kinematics, safety, sim/feetech backends, image preprocessing), ``teleop``
 (joystick mapping, scripted operator), ``bags`` (rosbag2 record/ingest/export) are plain
 Python with no ROS imports; ``nodes`` wires them to ROS 2 topics, parameters and services.
