@@ -32,6 +32,7 @@ from drqv2_ros.nodes.common import (
 )
 from drqv2_ros.observation.preprocessing import CropResize
 from drqv2_ros.robot.backend import JOINT_NAMES, NUM_JOINTS, ArmBackend, BackendError
+from drqv2_ros.robot.homing import Homing
 from drqv2_ros.robot.kinematics import EeTargetTracker, Kinematics, TopDown
 from drqv2_ros.robot.safety import SafetyFilter, SafetyLimits
 
@@ -187,6 +188,8 @@ class DriverNode(Node):
         self.create_service(Trigger, "reset_episode", self.on_reset_episode,
                             callback_group=MutuallyExclusiveCallbackGroup())
         self._homing = threading.Event()
+        self.homing = Homing(np.asarray(p.home_position, dtype=np.float64),
+                             p.home_tolerance_rad)
         self.create_timer(1.0 / p.rate_hz, self.on_tick)
         if self.is_sim:
             self.pub_raw = self.create_publisher(Image, "camera/image_raw", SENSOR_QOS)
@@ -332,11 +335,10 @@ class DriverNode(Node):
         return response
 
     def _homing_step(self, q: np.ndarray, now: int) -> None:
-        home = np.asarray(self.p.home_position, dtype=np.float64)
-        if np.max(np.abs(q[:-1] - home[:-1])) <= self.p.home_tolerance_rad:
+        target = self.homing.step(q, self.safety, now)
+        if target is None and self.homing.reached(q):
             self._homing.clear()
-            return
-        self._write(self.safety.apply(home, q, now))
+        self._write(target)
 
     # -- timers ----------------------------------------------------------------------------
     def on_tick(self) -> None:
