@@ -39,24 +39,31 @@ log = logging.getLogger("drqv2_ros.learner")
 STATE_FILE = "learner_state.pt"
 
 
+def _opt(default, help: str):
+    """A documented setting (the learner node declares each as a ROS parameter)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainingConfig:
-    output_dir: str = "runs/learner"
-    resume: bool = True
-    online_capacity: int = 100_000
-    offline_capacity: int = 50_000
-    offline_fraction: float = 0.5
-    batch_size: int = 256
-    utd_ratio: float = 1.0
-    warmup_transitions: int = 500
-    max_updates_per_second: float = 0.0
-    publish_weights_period_s: float = 4.0
-    checkpoint_period_updates: int = 1000
-    metrics_period_s: float = 2.0
-    flush_period_s: float = 1.0
-    bc_weight: float = 0.0
-    seed: int = 0
-    tensorboard: bool = True
+    output_dir: str = _opt("runs/learner", "checkpoints, replay buffers, TensorBoard logs")
+    resume: bool = _opt(True, "continue from output_dir/learner_state.pt if present")
+    online_capacity: int = _opt(100_000, "online buffer capacity, steps")
+    offline_capacity: int = _opt(50_000, "offline (demos + interventions) capacity, steps")
+    offline_fraction: float = _opt(0.5, "fraction of each batch from the offline buffer")
+    batch_size: int = _opt(256, "update batch size")
+    utd_ratio: float = _opt(1.0, "updates per received transition")
+    warmup_transitions: int = _opt(500, "no update before the buffers hold this many")
+    max_updates_per_second: float = _opt(0.0, "update rate cap (0 = unlimited)")
+    publish_weights_period_s: float = _opt(4.0, "actor weights push period, s")
+    checkpoint_period_updates: int = _opt(1000, "save learner state + checkpoint every N "
+                                                "updates")
+    metrics_period_s: float = _opt(2.0, "metrics period, s")
+    flush_period_s: float = _opt(1.0, "replay buffer flush period (transitions are "
+                                      "acknowledged once flushed), s")
+    bc_weight: float = _opt(0.0, "BC term weight on demo/intervention samples (0 = off)")
+    seed: int = _opt(0, "learner seed")
+    tensorboard: bool = _opt(True, "log metrics for TensorBoard under output_dir/tensorboard")
 
 
 @dataclass

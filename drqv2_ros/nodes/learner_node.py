@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -31,24 +31,12 @@ WEIGHTS_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 
 
 @dataclass
-class LearnerParams:
+class LearnerParams(TrainingConfig):
+    """The learner's ROS parameters: every TrainingConfig setting plus these."""
+
     checkpoint: str = param("", "start weights: converted folder or RoboBase .pt "
                                 "('' = output_dir/checkpoints/last)")
-    output_dir: str = param("runs/learner", "checkpoints, replay buffers, TensorBoard logs")
-    resume: bool = param(True, "continue from output_dir/learner_state.pt if present")
-    online_capacity: int = param(100_000, "online buffer capacity, steps")
-    offline_capacity: int = param(50_000, "offline (demos + interventions) capacity, steps")
-    offline_fraction: float = param(0.5, "fraction of each batch from the offline buffer")
-    batch_size: int = param(256, "update batch size")
-    utd_ratio: float = param(1.0, "updates per received transition")
-    warmup_transitions: int = param(500, "no update before the buffers hold this many")
-    max_updates_per_second: float = param(0.0, "update rate cap (0 = unlimited)")
-    publish_weights_period_s: float = param(4.0, "actor weights push period, s")
-    checkpoint_period_updates: int = param(1000, "save learner state + checkpoint every N")
-    metrics_period_s: float = param(2.0, "metrics period, s")
     demo_bags: list = param([""], "rosbag2 bags to seed the offline buffer")
-    bc_weight: float = param(0.0, "BC term weight on demo/intervention samples (0 = off)")
-    seed: int = param(0, "learner seed")
     torch_threads: int = param(0, "torch intra-op threads (0 = torch default)")
 
 
@@ -60,8 +48,7 @@ class LearnerNode(Node):
             torch.set_num_threads(p.torch_threads)
         start = p.checkpoint or str(Path(p.output_dir) / "checkpoints" / "last")
         policy = load_checkpoint_any(start)
-        cfg = TrainingConfig(**{k: getattr(p, k) for k in TrainingConfig.__dataclass_fields__
-                                if hasattr(p, k)})
+        cfg = TrainingConfig(**{f.name: getattr(p, f.name) for f in fields(TrainingConfig)})
         self.loop = TrainingLoop(cfg, policy)
         c = self.loop.learner.config
         self._shapes = dict(image_shape=self.loop.spec["image_shape"],
