@@ -145,8 +145,9 @@ class PolicyNode(Node):
                                       self._on_load_checkpoint)
         self._svc_exec = SingleThreadedExecutor(context=self.context)
         self._svc_exec.add_node(self._svc_node)
-        threading.Thread(target=self._spin_service, name="hot_swap_service",
-                         daemon=True).start()
+        self._svc_thread = threading.Thread(target=self._spin_service,
+                                            name="hot_swap_service", daemon=True)
+        self._svc_thread.start()
         # Loading runs in one long-lived thread at a lower CPU priority than the control loop.
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt_loader",
                                           initializer=_lower_thread_priority)
@@ -335,9 +336,13 @@ class PolicyNode(Node):
             pass
 
     def close(self) -> None:
-        self._svc_exec.shutdown(timeout_sec=1.0)
-        self._svc_node.destroy_node()
-        self._loader.shutdown(wait=False, cancel_futures=True)
+        # Orderly: no thread may still be inside rcl/DDS code when the process exits (a
+        # thread left in a wait at interpreter exit aborts the process).
+        self._svc_exec.shutdown(timeout_sec=2.0)
+        self._svc_thread.join(timeout=5.0)
+        self._loader.shutdown(wait=True, cancel_futures=True)
+        if not self._svc_thread.is_alive():
+            self._svc_node.destroy_node()
 
     def _publish_status(self) -> None:
         lat = np.array(self.latencies_ms[-200:]) if self.latencies_ms else np.zeros(1)
