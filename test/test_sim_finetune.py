@@ -51,3 +51,33 @@ def test_sim_finetune_end_to_end(tmp_path):
     assert any((out / "learner" / "tensorboard").iterdir())
     assert rep["leftover_shm"] == []
     assert "report:" in proc.stdout
+
+
+def test_sim_finetune_ctrl_c_stops_everything_cleanly(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    exe = shutil.which("drqv2-ros", path=str(Path(sys.executable).parent))
+    env = dict(os.environ, ROS_LOG_DIR=str(tmp_path / "roslog"))
+    proc = subprocess.Popen([exe, "sim-finetune", "--minutes", "10", "--out", str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out / "logs" / "policy.log").exists():
+            time.sleep(0.5)
+        time.sleep(20)  # the graph is up and running
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stdout[-3000:]
+    assert "interrupted: stopping every node" in stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["exit_codes"] and all(c is not None for c in rep["exit_codes"].values())
+    assert rep["duration_s"] < 120
+    assert rep["leftover_shm"] == []
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(out) not in ps, "orphan node processes"

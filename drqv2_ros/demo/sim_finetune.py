@@ -92,12 +92,14 @@ class Monitor:
 
     def __init__(self, rec: RunRecord):
         import rclpy
+        from rclpy.signals import SignalHandlerOptions
         from std_msgs.msg import String
 
         from drqv2_ros.msg import Step, TrainingMetrics
         from drqv2_ros.nodes.common import reliable_qos
 
-        rclpy.init()
+        # Ctrl-C is ours: it must stop the graph in order and still write the report.
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
         self.rclpy = rclpy
         self.node = rclpy.create_node("sim_finetune_monitor")
         self.rec = rec
