@@ -164,14 +164,16 @@ def launcher_main(argv: list[str]) -> int:
               file=sys.stderr)
     print("started: " + ", ".join(f"{r.spec.name} (pid {r.proc.pid})" for r in graph.running))
     code = 0
-    while not stop["flag"]:
-        bad = graph.failed()
-        if bad:
-            print("stopping: " + ", ".join(f"{r.spec.name} exited {r.proc.returncode}"
-                                           for r in bad), file=sys.stderr)
-            code = 1
-            break
-        time.sleep(0.2)
-    codes = graph.stop()
+    try:
+        while not stop["flag"]:
+            bad = graph.failed()
+            if bad:
+                print("stopping: " + ", ".join(f"{r.spec.name} exited {r.proc.returncode}"
+                                               for r in bad), file=sys.stderr)
+                code = 1
+                break
+            time.sleep(0.2)
+    finally:  # no node process outlives the launcher
+        codes = graph.stop()
     print("stopped: " + ", ".join(f"{k}={v}" for k, v in codes.items()))
     return code

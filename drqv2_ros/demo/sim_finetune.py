@@ -257,39 +257,44 @@ def sim_finetune_main(argv: list[str]) -> int:
     monitor = Monitor(rec)
     t0 = time.monotonic()
     graph.start()
-    print("[sim-finetune] started " + ", ".join(r.spec.name for r in graph.running)
-          + f" (ROS_DOMAIN_ID={domain_id}; logs in {out / 'logs'})", flush=True)
-    from tqdm import tqdm
+    try:
+        print("[sim-finetune] started " + ", ".join(r.spec.name for r in graph.running)
+              + f" (ROS_DOMAIN_ID={domain_id}; logs in {out / 'logs'})", flush=True)
+        from tqdm import tqdm
 
-    swapped = False
-    code = 0
-    with tqdm(total=int(budget), unit="s", desc="sim fine-tuning", dynamic_ncols=True,
-              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}s {postfix}") as bar:
-        while not stop["flag"]:
-            monitor.spin(1.0)
-            elapsed = time.monotonic() - t0
-            bar.n = min(int(elapsed), int(budget))
-            bar.set_postfix(monitor.progress(), refresh=True)
-            for name in monitor.nodes_seen():
-                if name in NODES:
-                    rec.nodes_up[name] = True
-            failed = graph.failed()
-            if failed:
-                names = ", ".join(f"{r.spec.name} (exit {r.proc.returncode}, log "
-                                  f"{r.log_path})" for r in failed)
-                tqdm.write(f"[sim-finetune] a node died: {names}")
-                code = 1
-                break
-            if not swapped and elapsed >= a.hot_swap_at * budget:
-                last = out / "learner" / "checkpoints" / "last"
-                target = last if (last / "model.safetensors").exists() else checkpoint
-                rec.hot_swap = monitor.hot_swap(target)
-                swapped = True
-                tqdm.write(f"[sim-finetune] hot-swap to {target}: "
-                           f"{'ok' if rec.hot_swap['success'] else 'FAILED'} "
-                           f"{rec.hot_swap['message']}")
-            if elapsed >= budget:
-                break
+        swapped = False
+        code = 0
+        with tqdm(total=int(budget), unit="s", desc="sim fine-tuning", dynamic_ncols=True,
+                  bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}s {postfix}") as bar:
+            while not stop["flag"]:
+                monitor.spin(1.0)
+                elapsed = time.monotonic() - t0
+                bar.n = min(int(elapsed), int(budget))
+                bar.set_postfix(monitor.progress(), refresh=True)
+                for name in monitor.nodes_seen():
+                    if name in NODES:
+                        rec.nodes_up[name] = True
+                failed = graph.failed()
+                if failed:
+                    names = ", ".join(f"{r.spec.name} (exit {r.proc.returncode}, log "
+                                      f"{r.log_path})" for r in failed)
+                    tqdm.write(f"[sim-finetune] a node died: {names}")
+                    code = 1
+                    break
+                if not swapped and elapsed >= a.hot_swap_at * budget:
+                    last = out / "learner" / "checkpoints" / "last"
+                    target = last if (last / "model.safetensors").exists() else checkpoint
+                    rec.hot_swap = monitor.hot_swap(target)
+                    swapped = True
+                    tqdm.write(f"[sim-finetune] hot-swap to {target}: "
+                               f"{'ok' if rec.hot_swap['success'] else 'FAILED'} "
+                               f"{rec.hot_swap['message']}")
+                if elapsed >= budget:
+                    break
+    except BaseException:
+        # Whatever went wrong here, no node process may outlive this command.
+        graph.stop()
+        raise
     if stop["flag"]:
         print("[sim-finetune] interrupted: stopping every node", flush=True)
     rec.duration_s = time.monotonic() - t0
