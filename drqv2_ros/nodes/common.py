@@ -196,8 +196,14 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, *,
         pass
     except Exception as exc:  # a node that fails to start says why, once, and exits non-zero
         name = node.get_name() if node is not None else "node"
-        print(f"[{name}] fatal: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        code = 1
+        if node is not None and not rclpy.ok():
+            # Raised by the executor while Ctrl-C was tearing the context down: that is
+            # the shutdown we were asked for, not a failure.
+            print(f"[{name}] shutdown: {type(exc).__name__}: {exc}", file=sys.stderr,
+                  flush=True)
+        else:
+            print(f"[{name}] fatal: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            code = 1
     finally:
         # A second Ctrl-C / SIGTERM must not interrupt the node's own clean-up (a learner
         # saving its state): ignore them from here on; launch escalates to SIGKILL if needed.
