@@ -37,6 +37,7 @@ class RunRecord:
     hot_swap: dict = field(default_factory=dict)
     bag: dict = field(default_factory=dict)
     leftover_shm: list[str] = field(default_factory=list)
+    cleaned_shm: list[str] = field(default_factory=list)  # stale port segments removed
     skipped_ticks: dict = field(default_factory=dict)
 
 
@@ -157,6 +158,8 @@ def summary_text(rec: RunRecord, plots: list[Path], out_dir: Path) -> str:
         f"plots: {', '.join(str(p) for p in plots)}",
         f"TensorBoard: tensorboard --logdir {out_dir / 'learner' / 'tensorboard'}",
     ]
+    if rec.cleaned_shm:
+        lines.append(f"removed stale Fast DDS port segments of this run: {rec.cleaned_shm}")
     if rec.leftover_shm:
         lines.append(f"WARNING leftover shared memory: {rec.leftover_shm}")
     return "\n".join(lines)

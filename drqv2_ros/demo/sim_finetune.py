@@ -87,6 +87,30 @@ def _shm_files() -> set[str]:
         return set()
 
 
+def _release_shm(before: set[str], domain_id: int, timeout: float = 5.0
+                 ) -> tuple[list[str], list[str]]:
+    """Fast DDS shared memory the run left behind, once all its processes have exited.
+
+    Waits for segments to be released; then removes the port segments of this run's own
+    domain (``fastrtps_port<N>``, N in 7400 + 250 * domain + [0, 250): every process that
+    could use them is gone, as ``fastdds shm clean`` would). Returns (cleaned, leftover)."""
+    deadline = time.monotonic() + timeout
+    while _shm_files() - before and time.monotonic() < deadline:
+        time.sleep(0.25)
+    lo = 7400 + 250 * domain_id
+    cleaned = []
+    for name in sorted(_shm_files() - before):
+        digits = "".join(c for c in name.split("port", 1)[-1] if c.isdigit()) \
+            if "fastrtps_port" in name else ""
+        if digits and lo <= int(digits[:5]) < lo + 250:
+            try:
+                (Path("/dev/shm") / name).unlink()
+                cleaned.append(name)
+            except OSError:
+                pass
+    return cleaned, sorted(_shm_files() - before)
+
+
 class Monitor:
     """An in-process rclpy node that watches the run and drives the hot-swap."""
 
@@ -304,7 +328,7 @@ def sim_finetune_main(argv: list[str]) -> int:
     monitor.close()
     rec.exit_codes = graph.stop()
     time.sleep(0.5)
-    rec.leftover_shm = sorted(_shm_files() - shm_before)
+    rec.cleaned_shm, rec.leftover_shm = _release_shm(shm_before, domain_id)
     rec.bag = _bag_info(out / "bag")
     text, _plots = write_report(rec, out)
     print("\n" + text, flush=True)
