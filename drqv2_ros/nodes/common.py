@@ -179,14 +179,15 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, *,
     stalling its control timer uses ``threads=2`` and puts that service alone in a callback
     group of its own; everything else stays in the node's default (mutually exclusive)
     group, so it still runs one callback at a time."""
+    # SIGINT and SIGTERM: rclpy.init installs handlers that shut the context down and wake
+    # the executor (a Python-level handler alone would only run once the executor's wait
+    # returns, which may be never on a quiet graph), then chain to the handler installed
+    # before. For SIGTERM that is the default action (kill, no clean-up): chain to a no-op.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
     executor = SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(threads)
 
-    def _term(signum, frame):  # SIGTERM from launch / the process launcher
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
     code = 0
     try:
         node = factory()
