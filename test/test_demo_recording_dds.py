@@ -52,8 +52,8 @@ def test_recorded_demo_bag_rebuilds_the_live_steps(tmp_path):
             "drqv2_ros.nodes.policy_node", env, tmp_path, params_file=cfg / "policy.yaml",
             params={"checkpoint": str(tmp_path / "ckpt"), "policy_enabled": False,
                     "demo": True, "max_episode_steps": 15}))
-        wait_for(lambda: sum(m.is_last for _, m in live) >= 3, 150,
-                 "three demo episodes", procs)
+        wait_for(lambda: sum(m.is_last for _, m in live) >= 4, 180,
+                 "four demo episodes", procs)
         assert recorder.stop() == 0, recorder.log()
     finally:
         for p in procs:
@@ -65,14 +65,18 @@ def test_recorded_demo_bag_rebuilds_the_live_steps(tmp_path):
     target = TargetShapes.from_checkpoint(tmp_path / "ckpt")
     episodes = list(read_episodes([tmp_path / "bag"], target=target))
     assert len(episodes) >= 3
-    n_steps = 0
+    n_steps = compared = 0
     for ep in episodes:
+        assert ep.steps[0].is_first and ep.steps[-1].is_last
+        n_steps += len(ep.steps)
+        if not all((r.episode, r.index) in live_recs for r in ep.steps):
+            continue  # the probe joined after this episode began (DDS discovery)
         for rec in ep.steps:
             ref = live_recs[(rec.episode, rec.index)]
             assert rec.equals(ref), f"episode {rec.episode} step {rec.index} differs"
             assert rec.is_demo
-            n_steps += 1
-        assert ep.steps[0].is_first and ep.steps[-1].is_last
+        compared += 1
+    assert compared >= 2, "too few episodes seen whole both live and in the bag"
     # demo mode: every executed action came from the operator
     assert any(r.is_intervention for ep in episodes for r in ep.steps[1:])
 
