@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import small_models
 import torch
 from safetensors.torch import load_file
 
@@ -38,19 +39,9 @@ needs_shared = pytest.mark.skipif(
 
 
 def small_config(**kw) -> DrQV2Config:
-    base = dict(
-        image_height=24,
-        image_width=24,
-        encoder_channels=8,
-        bottleneck_size=16,
-        actor_mlp_nodes=[32],
-        critic_mlp_nodes=[32],
-        num_train_envs=2,
-        main_loop_iterations=77,
-        global_env_episode=5,
-    )
+    base = dict(num_train_envs=2, main_loop_iterations=77, global_env_episode=5)
     base.update(kw)
-    return DrQV2Config(**base)
+    return small_models.small_config(**base)
 
 
 def assert_nothing_written(out: Path) -> None:

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from small_models import small_config
 
 from drqv2_ros.policy import (
     CheckpointError,
@@ -20,19 +21,6 @@ from drqv2_ros.policy import (
 )
 from drqv2_ros.policy.configuration_drqv2 import CONFIG_NAME
 from drqv2_ros.policy.modeling_drqv2 import WEIGHTS_NAME
-
-
-def small_config(**kw) -> DrQV2Config:
-    base = dict(
-        image_height=24,
-        image_width=24,
-        encoder_channels=8,
-        bottleneck_size=16,
-        actor_mlp_nodes=[32],
-        critic_mlp_nodes=[32],
-    )
-    base.update(kw)
-    return DrQV2Config(**base)
 
 
 def batch_for(cfg: DrQV2Config, b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
