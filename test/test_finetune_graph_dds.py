@@ -42,8 +42,10 @@ class Graph:
                                   params={"render_width": 160, "render_height": 120})
         self.policy = NodeProcess("drqv2_ros.nodes.policy_node", env, tmp,
                                   params_file=ROOT / "config" / "policy.yaml",
-                                  params={"checkpoint": str(self.ckpt), "max_episode_steps": 40,
-                                          "control_rate_hz": RATE_HZ})
+                                  params={"checkpoint": str(self.ckpt),
+                                          "max_episode_steps": 200, "control_rate_hz": RATE_HZ,
+                                          # the sim renders on the same 2 busy cores
+                                          "max_obs_age_s": 0.4})
         self.learner = self.start_learner()
         self.probe = Probe(env)
         qos = reliable_qos(100)
@@ -185,6 +187,9 @@ def test_bad_checkpoints_refused_and_control_continues(graph):
 
 
 def test_actor_keeps_acting_when_the_learner_dies(graph):
+    # the learner has saved its state at least once (every 5 updates), so a restart resumes
+    wait_for(lambda: (graph.tmp / "learner" / "learner_state.pt").exists(), 120,
+             "a saved learner state", graph.procs)
     graph.learner.kill()
     graph.learner.proc.wait(10)
     graph.procs.remove(graph.learner)
