@@ -33,37 +33,33 @@ from drqv2_ros.learning.learner import DrQV2Learner
 from drqv2_ros.learning.replay_buffer import MixedReplay, ReplayBuffer
 from drqv2_ros.observation.step_record import StepRecord
 from drqv2_ros.policy.modeling_drqv2 import DrQV2Policy
+from drqv2_ros.settings import param
 
 log = logging.getLogger("drqv2_ros.learner")
 
 STATE_FILE = "learner_state.pt"
 
 
-def _opt(default, help: str):
-    """A documented setting (the learner node declares each as a ROS parameter)."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class TrainingConfig:
-    output_dir: str = _opt("runs/learner", "checkpoints, replay buffers, TensorBoard logs")
-    resume: bool = _opt(True, "continue from output_dir/learner_state.pt if present")
-    online_capacity: int = _opt(100_000, "online buffer capacity, steps")
-    offline_capacity: int = _opt(50_000, "offline (demos + interventions) capacity, steps")
-    offline_fraction: float = _opt(0.5, "fraction of each batch from the offline buffer")
-    batch_size: int = _opt(256, "update batch size")
-    utd_ratio: float = _opt(1.0, "updates per received transition")
-    warmup_transitions: int = _opt(500, "no update before the buffers hold this many")
-    max_updates_per_second: float = _opt(0.0, "update rate cap (0 = unlimited)")
-    publish_weights_period_s: float = _opt(4.0, "actor weights push period, s")
-    checkpoint_period_updates: int = _opt(1000, "save learner state + checkpoint every N "
+    output_dir: str = param("runs/learner", "checkpoints, replay buffers, TensorBoard logs")
+    resume: bool = param(True, "continue from output_dir/learner_state.pt if present")
+    online_capacity: int = param(100_000, "online buffer capacity, steps")
+    offline_capacity: int = param(50_000, "offline (demos + interventions) capacity, steps")
+    offline_fraction: float = param(0.5, "fraction of each batch from the offline buffer")
+    batch_size: int = param(256, "update batch size")
+    utd_ratio: float = param(1.0, "updates per received transition")
+    warmup_transitions: int = param(500, "no update before the buffers hold this many")
+    max_updates_per_second: float = param(0.0, "update rate cap (0 = unlimited)")
+    publish_weights_period_s: float = param(4.0, "actor weights push period, s")
+    checkpoint_period_updates: int = param(1000, "save learner state + checkpoint every N "
                                                 "updates")
-    metrics_period_s: float = _opt(2.0, "metrics period, s")
-    flush_period_s: float = _opt(1.0, "replay buffer flush period (transitions are "
+    metrics_period_s: float = param(2.0, "metrics period, s")
+    flush_period_s: float = param(1.0, "replay buffer flush period (transitions are "
                                       "acknowledged once flushed), s")
-    bc_weight: float = _opt(0.0, "BC term weight on demo/intervention samples (0 = off)")
-    seed: int = _opt(0, "learner seed")
-    tensorboard: bool = _opt(True, "log metrics for TensorBoard under output_dir/tensorboard")
+    bc_weight: float = param(0.0, "BC term weight on demo/intervention samples (0 = off)")
+    seed: int = param(0, "learner seed")
+    tensorboard: bool = param(True, "log metrics for TensorBoard under output_dir/tensorboard")
 
 
 @dataclass

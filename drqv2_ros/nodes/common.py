@@ -23,6 +23,7 @@ from rclpy.executors import (
 )
 from rclpy.node import Node
 from rclpy.qos import (
+    DurabilityPolicy,
     HistoryPolicy,
     QoSProfile,
     ReliabilityPolicy,
@@ -30,22 +31,23 @@ from rclpy.qos import (
 )
 from sensor_msgs.msg import Image
 
+from drqv2_ros.settings import param  # noqa: F401 - re-exported for the nodes
+
 T = TypeVar("T")
 
 #: Camera images and joint states: best effort, keep last 5 (REP 2003 sensor data).
 SENSOR_QOS = qos_profile_sensor_data
+#: Learner -> actor weights: the latest push only, kept for actors that (re)join later.
+WEIGHTS_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
 #: Commands, events, transitions, weights: reliable, keep last N.
 def reliable_qos(depth: int = 10) -> QoSProfile:
     return QoSProfile(
         depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
     )
-
-
-def param(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field that is also a documented ROS parameter."""
-    if isinstance(default, list | dict):
-        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
 _PTYPES = {

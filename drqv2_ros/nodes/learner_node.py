@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from drqv2_ros.convert.robobase import load_checkpoint_any
 from drqv2_ros.learning.learner import keep_freed_memory
 from drqv2_ros.learning.training_loop import TrainingConfig, TrainingLoop
 from drqv2_ros.msg import PolicyWeights, Step, TrainingMetrics
 from drqv2_ros.nodes.common import (
+    WEIGHTS_QOS,
     declare_parameters,
     param,
     publish_quietly,
@@ -25,9 +25,6 @@ from drqv2_ros.nodes.common import (
     run_node,
 )
 from drqv2_ros.observation.step_record import StepFormatError, from_msg
-
-WEIGHTS_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 @dataclass

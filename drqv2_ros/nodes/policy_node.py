@@ -21,7 +21,6 @@ import rclpy
 import torch
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32, String
 from std_srvs.srv import Trigger
@@ -39,6 +38,7 @@ from drqv2_ros.msg import (
 )
 from drqv2_ros.nodes.common import (
     SENSOR_QOS,
+    WEIGHTS_QOS,
     ImageFormatError,
     declare_parameters,
     image_to_numpy,
@@ -53,9 +53,6 @@ from drqv2_ros.observation.step_record import to_msg
 from drqv2_ros.robot.backend import JOINT_NAMES
 from drqv2_ros.robot.kinematics import Kinematics, rotation_to_euler
 from drqv2_ros.srv import LoadCheckpoint
-
-WEIGHTS_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 @dataclass
@@ -87,8 +84,7 @@ class PolicyNode(Node):
         if not p.checkpoint:
             raise ValueError("parameter `checkpoint` is required (converted folder or .pt)")
         self.kin = Kinematics()
-        runner = load_runner(p.checkpoint)
-        runner.check_finite_and_run()
+        runner = load_runner(p.checkpoint)  # validated: finite weights, dry-run forward
         self.runner = runner
         if runner.layout.needs_privileged and p.privileged_low_dim != "sim_state":
             raise ValueError(
