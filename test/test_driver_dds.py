@@ -28,6 +28,10 @@ JOINT_NAMES = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wri
 RATE_HZ = 50.0
 CAMERA_HZ = 10.0
 WATCHDOG_S = 0.5
+# Commands are refused when older than this on arrival. The shipped 0.3 s is for a robot;
+# on a loaded 2-core CI machine DDS delivery to a busy process has taken 0.7 s, so the rig
+# allows more (the refusal itself is what test_safety.py and the stale test check).
+MAX_COMMAND_AGE_S = 1.5
 
 
 class Rig:
@@ -42,7 +46,8 @@ class Rig:
             "drqv2_ros.nodes.driver_node", env, tmp,
             params_file=ROOT / "config" / "so101_driver.yaml",
             params={"rate_hz": RATE_HZ, "camera_rate_hz": CAMERA_HZ,
-                    "watchdog_timeout_s": WATCHDOG_S})
+                    "watchdog_timeout_s": WATCHDOG_S,
+                    "max_command_age_s": MAX_COMMAND_AGE_S})
         self.probe = Probe(env)
         self.joints = self.probe.collect(JointState, "joint_states", SENSOR_QOS)
         self.policy_images = self.probe.collect(Image, "camera/image_policy", SENSOR_QOS)
@@ -77,6 +82,16 @@ class Rig:
         from std_srvs.srv import Trigger
 
         return self.probe.call(Trigger, name, Trigger.Request(), timeout=20)
+
+    def hold_until(self, pred, what, timeout=5.0):
+        """Stream zero-delta commands at 10 Hz (as the policy does: the EE target holds, the
+        watchdog stays quiet) until pred() holds."""
+        def step():
+            if pred():
+                return True
+            self.send_ee((0.0, 0.0, 0.0), gripper=1.0)
+            return False
+        wait_for(step, timeout, what, [self.driver], interval=0.1)
 
     def wait_status(self, pred, what, timeout=5.0):
         wait_for(lambda: pred(self.latest(self.status)), timeout, what, [self.driver])
@@ -169,12 +184,16 @@ def test_ee_command_moves_gripper_site_by_delta(rig):
     time.sleep(0.5)
     p0 = rig.gripper_xyz()
     steps = [(0.0, 0.5, -1.0)] * 3
-    for d in steps:
+    expected = np.zeros(3)
+    for d in steps:                               # one command, then hold until it is there
+        applied = rig.latest(rig.status).commands_applied
         rig.send_ee(d, gripper=1.0)
-        time.sleep(0.1)
-    time.sleep(0.3)                               # < watchdog: still the commanded target
+        rig.wait_status(lambda s, a=applied: s.commands_applied > a, "command applied")
+        expected = expected + 0.02 * np.asarray(d)  # ee_step_m 0.02 per unit
+        rig.hold_until(lambda e=expected: np.linalg.norm(rig.gripper_xyz() - p0 - e) < 0.004,
+                       f"gripper at {np.round(expected, 3)}")
+    time.sleep(0.2)
     moved = rig.gripper_xyz() - p0
-    expected = 0.02 * np.sum(steps, axis=0)       # ee_step_m 0.02 per unit
     err = np.linalg.norm(moved - expected)
     print(f"\ncommanded {expected}, moved {np.round(moved, 4)}, error {err * 1e3:.1f} mm")
     assert err < 0.006, (moved, expected)
@@ -203,7 +222,7 @@ def test_nan_out_of_range_and_stale_commands_refused(rig):
     assert "NaN" in st.last_reject_reason
     rig.send_ee((0.0, 0.0, 1.5))
     st = rig.wait_status(lambda s: "out of range" in s.last_reject_reason, "out-of-range")
-    rig.send_ee((0.0, 0.0, 1.0), stamp_ns=time.time_ns() - 2_000_000_000)
+    rig.send_ee((0.0, 0.0, 1.0), stamp_ns=time.time_ns() - 5_000_000_000)
     st = rig.wait_status(lambda s: "stale" in s.last_reject_reason, "stale refused")
     assert st.commands_rejected >= before.commands_rejected + 3
     assert st.commands_applied == applied
@@ -228,8 +247,7 @@ def test_estop_latches_until_reset(rig):
     applied = rig.latest(rig.status).commands_applied
     rig.send_ee((0.0, 0.0, 1.0))
     rig.wait_status(lambda s: s.commands_applied > applied, "command applied after reset")
-    time.sleep(0.3)
-    assert rig.gripper_xyz()[2] - p0[2] > 0.01
+    rig.hold_until(lambda: rig.gripper_xyz()[2] - p0[2] > 0.01, "moved up after reset")
 
 
 @dds
@@ -254,6 +272,14 @@ def test_joint_command_applied_and_malformed_refused(rig):
     target = q0.copy()
     target[0] += 0.1                                  # shoulder_pan +0.1 rad
     good.position = [float(v) for v in reversed(target)]
-    pub.publish(good)
-    wait_for(lambda: abs(rig.latest(rig.joints).position[0] - target[0]) < 0.01, 5,
-             "shoulder_pan reached the joint command", [rig.driver])
+
+    def stream():  # a joint streamer republishes its (fresh-stamped) target at 10 Hz
+        if abs(rig.latest(rig.joints).position[0] - target[0]) < 0.01:
+            return True
+        good.header.stamp.sec, good.header.stamp.nanosec = divmod(time.time_ns(),
+                                                                  1_000_000_000)
+        pub.publish(good)
+        return False
+
+    wait_for(stream, 10, "shoulder_pan reached the joint command", [rig.driver],
+             interval=0.1)

@@ -31,6 +31,10 @@ def _joy(deadman=False, ly=0.0, rt=1.0, press=()):
     return m
 
 
+def _ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
 def test_teleop_joy_to_intervention_and_events(launch_node, probe):
     from sensor_msgs.msg import Joy
 
@@ -71,19 +75,24 @@ def test_teleop_joy_to_intervention_and_events(launch_node, probe):
 
     # Joy stops while the deadman is held: inactive within joy_timeout + margin
     assert stream(_joy(deadman=True, ly=0.5), 3, lambda: last().active)
+    t_last = time.time_ns()
     pub.publish(_joy(deadman=True, ly=0.5))
-    t_last = time.monotonic_ns()
     wait_for(lambda: not last().active, 3, "timeout ends the intervention", procs)
     with probe.lock:
-        t_end = next(t for t, m in interventions if t > t_last and not m.active)
-    delay = (t_end - t_last) / 1e9
+        end = next(m for _, m in interventions
+                   if not m.active and _ns(m.header.stamp) > t_last)
+    # Judged by the stamp the node gave the ending message (same clock as t_last), so the
+    # return trip to the probe does not count; the delivery of the last Joy still does,
+    # hence the loose upper bound (JoyMapper's own precision: test_joy_mapping.py).
+    delay = (_ns(end.header.stamp) - t_last) / 1e9
     print(f"\nJoy timeout {TIMEOUT}s -> intervention ended after {delay:.3f}s")
-    assert TIMEOUT - 0.05 <= delay <= TIMEOUT + 0.15
+    assert TIMEOUT - 0.02 <= delay <= TIMEOUT + 0.6
 
     # success button held for several messages: exactly one SUCCESS event
     stream(_joy(press=[Y]), 0.5)
     stream(_joy(), 0.3)
-    time.sleep(0.3)
+    wait_for(lambda: len(events) > 0, 5, "the SUCCESS event", procs)
+    time.sleep(0.5)  # a second (wrong) event would be here by now
     with probe.lock:
         got = [(m.event, m.source) for _, m in events]
     assert got == [(EpisodeEvent.SUCCESS, "joy")]

@@ -115,6 +115,8 @@ class PolicyNode(Node):
         self._last_tick_t: float | None = None
         self._max_gap = 0.0
         self.missed_ticks = 0  # timer periods in which no tick ran (gap > 1.5 periods)
+        self.hot_swaps = 0     # checkpoints applied through /load_checkpoint
+        self.last_hot_swap = ""
 
         self.cmd_pub = self.create_publisher(EndEffectorCommand, "ee_command", reliable_qos(1))
         self.step_pub = self.create_publisher(Step, "step", reliable_qos(100))
@@ -251,6 +253,8 @@ class PolicyNode(Node):
         with self._swap_lock:
             self.runner = result
             self.loop.swap_policy(result)
+            self.hot_swaps += 1
+            self.last_hot_swap = request.path
         response.success = True
         response.loaded = describe(result)
         response.message = (f"loaded {request.path} in {time.monotonic() - t0:.2f} s; "
@@ -352,6 +356,7 @@ class PolicyNode(Node):
             "latency_ms_p50": float(np.percentile(lat, 50)),
             "latency_ms_p99": float(np.percentile(lat, 99)),
             "pid": os.getpid(), "missed_ticks": self.missed_ticks,
+            "hot_swaps": self.hot_swaps, "last_hot_swap": self.last_hot_swap,
             "max_tick_gap_ms": 1000.0 * self._max_gap,
         }
         self._max_gap = 0.0

@@ -123,7 +123,9 @@ class RecorderNode(Node):
         if self.bag.closed:
             return
         self._register(resolved)
-        self.bag.write(resolved, self.get_clock().now().nanoseconds, raw)
+        if self.bag.write(resolved, self.get_clock().now().nanoseconds, raw) and \
+                self.bag.counts[resolved] == 1:
+            self.get_logger().info(f"first message on {resolved}")
 
     def _discover(self) -> None:
         if self.bag.closed:
