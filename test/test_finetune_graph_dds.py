@@ -86,12 +86,13 @@ def graph(tmp_path_factory):
 
 
 def test_actions_at_rate_transitions_to_learner_weights_to_actor(graph):
+    from drqv2_ros.nodes.common import stamp_to_ns
+
     # counted by the commands' own stamps (tick times): delivery jitter does not count
     t0 = time.time_ns()
     time.sleep(6.0)
     with graph.probe.lock:
-        stamps = [c.header.stamp.sec * 1_000_000_000 + c.header.stamp.nanosec
-                  for _, c in graph.cmds]
+        stamps = [stamp_to_ns(c.header.stamp) for _, c in graph.cmds]
     rate = sum(t0 <= t < t0 + 5_000_000_000 for t in stamps) / 5.0
     assert rate == pytest.approx(RATE_HZ, rel=0.2), f"commands at {rate:.1f} Hz"
     wait_for(lambda: graph.metrics and graph.metrics[-1][1].transitions_received > 30, 60,

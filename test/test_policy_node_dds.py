@@ -72,7 +72,7 @@ def test_stale_images_stop_commands_and_bad_messages_are_counted(tmp_path, launc
     from std_msgs.msg import String
 
     from drqv2_ros.msg import EndEffectorCommand
-    from drqv2_ros.nodes.common import reliable_qos
+    from drqv2_ros.nodes.common import reliable_qos, stamp_to_ns
 
     make_robobase_snapshot(tmp_path / "s.pt", seed=2)
     convert_snapshot(tmp_path / "s.pt", tmp_path / "ckpt", progress=False)
@@ -107,9 +107,8 @@ def test_stale_images_stop_commands_and_bad_messages_are_counted(tmp_path, launc
         # command sent more than max_obs_age_s (0.25 s) after the last valid image, before
         # valid images returned, was built from a stale or malformed frame.
         max_age_ns = 250_000_000 + 1_000_000
-        bad = [stamp for stamp in (c.header.stamp.sec * 1_000_000_000 + c.header.stamp.nanosec
-                                   for _, c in cmds)
-               if t_stop + max_age_ns < stamp < t_recover]
+        bad = [s for s in (stamp_to_ns(c.header.stamp) for _, c in cmds)
+               if t_stop + max_age_ns < s < t_recover]
         assert not bad, f"{len(bad)} commands sent from stale or malformed images"
     finally:
         robot.close()

@@ -32,10 +32,6 @@ def _records(n_episodes=2, length=5, seed=0):
     return out
 
 
-def _stamp(img) -> int:
-    return img.header.stamp.sec * 1_000_000_000 + img.header.stamp.nanosec
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_recorder_node_records_bit_exact_and_stops_cleanly(launch_node, probe, tmp_path, sig):
     from rosbags.interfaces import QosReliability
@@ -46,7 +42,7 @@ def test_recorder_node_records_bit_exact_and_stops_cleanly(launch_node, probe, t
     from drqv2_ros.bags.typestore import STEP_TYPE, project_typestore
     from drqv2_ros.learning.replay_buffer import ReplayBuffer
     from drqv2_ros.msg import Step
-    from drqv2_ros.nodes.common import SENSOR_QOS, numpy_to_image, reliable_qos
+    from drqv2_ros.nodes.common import SENSOR_QOS, numpy_to_image, reliable_qos, stamp_to_ns
     from drqv2_ros.observation.step_record import from_msg, to_msg
 
     bag = tmp_path / "bag"
@@ -101,10 +97,10 @@ def test_recorder_node_records_bit_exact_and_stops_cleanly(launch_node, probe, t
                   reader.messages(connections=[topics["/camera/image_policy"]])]
     assert len(steps) == len(records)  # reliable: every one
     assert all(a.equals(b) for a, b in zip(steps, records))
-    live = [img for img in images if _stamp(img) in {r.stamp_ns for r in records}]
+    live = [img for img in images if stamp_to_ns(img.header.stamp) in {r.stamp_ns for r in records}]
     assert len(live) >= len(records) // 2, f"{len(live)} of {len(records)} images"
     for img in images:
-        assert img.data.tobytes() == frames[_stamp(img)].tobytes()
+        assert img.data.tobytes() == frames[stamp_to_ns(img.header.stamp)].tobytes()
 
     with ReplayBuffer(tmp_path / "buf", capacity=100, image_shape=(1, 3, 84, 84),
                       low_dim_size=18, action_size=4) as buf:

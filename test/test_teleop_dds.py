@@ -31,15 +31,11 @@ def _joy(deadman=False, ly=0.0, rt=1.0, press=()):
     return m
 
 
-def _ns(stamp) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
-
-
 def test_teleop_joy_to_intervention_and_events(launch_node, probe):
     from sensor_msgs.msg import Joy
 
     from drqv2_ros.msg import EpisodeEvent, Intervention
-    from drqv2_ros.nodes.common import SENSOR_QOS, reliable_qos
+    from drqv2_ros.nodes.common import SENSOR_QOS, reliable_qos, stamp_to_ns
 
     interventions = probe.collect(Intervention, "intervention", reliable_qos(100))
     events = probe.collect(EpisodeEvent, "episode_event", reliable_qos(10))
@@ -80,11 +76,11 @@ def test_teleop_joy_to_intervention_and_events(launch_node, probe):
     wait_for(lambda: not last().active, 3, "timeout ends the intervention", procs)
     with probe.lock:
         end = next(m for _, m in interventions
-                   if not m.active and _ns(m.header.stamp) > t_last)
+                   if not m.active and stamp_to_ns(m.header.stamp) > t_last)
     # Judged by the stamp the node gave the ending message (same clock as t_last), so the
     # return trip to the probe does not count; the delivery of the last Joy still does,
     # hence the loose upper bound (JoyMapper's own precision: test_joy_mapping.py).
-    delay = (_ns(end.header.stamp) - t_last) / 1e9
+    delay = (stamp_to_ns(end.header.stamp) - t_last) / 1e9
     print(f"\nJoy timeout {TIMEOUT}s -> intervention ended after {delay:.3f}s")
     assert TIMEOUT - 0.02 <= delay <= TIMEOUT + 0.6
 
