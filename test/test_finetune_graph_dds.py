@@ -88,19 +88,27 @@ def graph(tmp_path_factory):
 def test_actions_at_rate_transitions_to_learner_weights_to_actor(graph):
     from drqv2_ros.nodes.common import stamp_to_ns
 
-    # counted by the commands' own stamps (tick times): delivery jitter does not count
-    t0 = time.time_ns()
-    time.sleep(6.0)
-    with graph.probe.lock:
-        stamps = [stamp_to_ns(c.header.stamp) for _, c in graph.cmds]
-    rate = sum(t0 <= t < t0 + 5_000_000_000 for t in stamps) / 5.0
-    assert rate == pytest.approx(RATE_HZ, rel=0.2), f"commands at {rate:.1f} Hz"
     wait_for(lambda: graph.metrics and graph.metrics[-1][1].transitions_received > 30, 60,
              "transitions at the learner", graph.procs)
     wait_for(lambda: graph.metrics[-1][1].update_step > 0, 90, "learner updates", graph.procs)
     wait_for(lambda: graph.last_status().get("weights_version", -1) >= 1, 60,
              "learner weights applied by the actor", graph.procs)
     assert graph.last_status()["source"].startswith("learner ")
+    # The rate while the learner trains and pushes weights (its start-up, on the same 2
+    # cores, is a transient), counted by the commands' own stamps (tick times) so that
+    # delivery jitter does not count.
+    before, t0 = graph.last_status(), time.time_ns()
+    time.sleep(6.0)
+    after = graph.last_status()
+    with graph.probe.lock:
+        stamps = [stamp_to_ns(c.header.stamp) for _, c in graph.cmds]
+    rate = sum(t0 <= t < t0 + 5_000_000_000 for t in stamps) / 5.0
+    skipped = {k: n - before["skipped"].get(k, 0) for k, n in after["skipped"].items()
+               if n != before["skipped"].get(k, 0)}
+    print(f"\ncommands at {rate:.1f} Hz while the learner trains; skipped {skipped}")
+    assert rate == pytest.approx(RATE_HZ, rel=0.2), (
+        f"commands at {rate:.1f} Hz; in ~6 s: {after['ticks'] - before['ticks']} ticks, "
+        f"skipped {skipped}, {after['missed_ticks'] - before['missed_ticks']} missed ticks")
 
 
 def _swap(graph, path):
