@@ -106,3 +106,30 @@ def test_top_down_ik_keeps_position_semantics_and_points_down(kin):
         assert np.all(down.q >= kin.lower - 1e-9) and np.all(down.q <= kin.upper + 1e-9)
     # the SO-101 reaches straight down close to the base
     assert kin.solve(q, [0.25, 0.0, 0.1], top_down=ONE_SHOT).tilt_rad < np.radians(10)
+
+
+def test_wrist_camera_sits_where_pick101_mounts_it():
+    """Images from the sim must be the ones pick-101 checkpoints saw: the camera on the
+    ``gripper`` body at pick-101's mount (its so101_new_calib.xml: pos (0, -0.055, 0.02),
+    euler (0, 0, pi), fovy 75), and the kinematic chain to that body as pick-101's model
+    has it (numbers from that file; pick-101's wrapper neither flips nor rotates images)."""
+    from drqv2_ros.robot.sim_world import WRIST_CAMERA, SimConfig, SimWorld
+
+    world = SimWorld(SimConfig())
+    m = world.model
+    world.close()
+    cam = m.camera(WRIST_CAMERA)
+    assert m.body(int(m.cam_bodyid[cam.id])).name == "gripper"
+    np.testing.assert_allclose(cam.pos, [0.0, -0.055, 0.02], atol=1e-9)
+    q = np.asarray(cam.quat) * np.sign(cam.quat[3])   # euler (0, 0, pi): (0, 0, 0, 1)
+    np.testing.assert_allclose(q, [0.0, 0.0, 0.0, 1.0], atol=1e-5)
+    assert m.cam_fovy[cam.id] == pytest.approx(75.0)
+    chain = {  # body: (pos, quat) in its parent, pick-101's so101_new_calib.xml
+        "gripper": ([0.0, -0.0611, 0.0181], [0.0172091, -0.0172091, 0.706897, 0.706897]),
+        "wrist": ([-0.1349, 0.0052, 0.0], [0.707107, 0.0, 0.0, -0.707107]),
+        "lower_arm": ([-0.11257, -0.028, 0.0], [0.707107, 0.0, 0.0, 0.707107]),
+    }
+    for name, (pos, quat) in chain.items():
+        np.testing.assert_allclose(m.body(name).pos, pos, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(m.body(name).quat, quat, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(m.joint("elbow_flex").range, [-1.69, 1.69], atol=1e-6)
