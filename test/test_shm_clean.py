@@ -1,16 +1,22 @@
 """Stale Fast DDS shared-memory files (left by SIGKILLed processes) are found by their
-unheld lock files; segments a live process holds are kept."""
+unheld lock files; segments a live process holds are kept, also those of a real running
+node (Fast DDS holds BSD flock locks, which a POSIX-lock probe cannot see)."""
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
+from ros_harness import wait_for
 
 from drqv2_ros.bringup.shm_clean import clean, stale_segments
 
 HOLD = """
 import fcntl, os, sys, time
 fd = os.open(sys.argv[1], os.O_RDWR)
-fcntl.lockf(fd, fcntl.LOCK_EX)
+fcntl.flock(fd, fcntl.LOCK_EX)
 print("locked", flush=True)
 time.sleep(30)
 """
@@ -36,3 +42,27 @@ def test_only_unheld_segments_are_removed(tmp_path):
         holder.wait()
     time.sleep(0.1)
     assert sorted(stale_segments(tmp_path)) == ["fastrtps_bbbb", "fastrtps_bbbb_el"]
+
+
+@pytest.mark.dds
+def test_a_running_nodes_shared_memory_is_never_stale(launch_node):
+    node = launch_node("drqv2_ros.nodes.teleop_node", params_file="config/teleop.yaml")
+
+    def held() -> set[str]:  # /dev/shm files the node process has open (Fast DDS's own)
+        names = set()
+        for fd in Path(f"/proc/{node.proc.pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("/dev/shm/fastrtps_"):
+                names.add(Path(target).name)
+        return names
+
+    wait_for(lambda: any(n.endswith("_el") for n in held()), 30, "the node's Fast DDS locks",
+             [node])
+    mine = held()
+    assert not mine & set(stale_segments()), "a live node's segments were taken for stale"
+    clean()
+    assert all((Path("/dev/shm") / n).exists() for n in mine)
+    assert node.alive()

@@ -1,11 +1,14 @@
 """Remove Fast DDS shared-memory files that no live process uses any more.
 
 Fast DDS keeps each shared-memory segment and port in ``/dev/shm`` (``fastrtps_<id>``,
-``fastrtps_port<N>``) next to a ``<name>_el`` file that its users hold a file lock on.
-A process that is SIGKILLed never removes them. A segment whose lock file can be locked
-by us has no live user and is removed, as ``fastdds shm clean`` does (that tool is not on
-PyPI). Run it as its own process (``python -m drqv2_ros.bringup.shm_clean``): POSIX locks
-are per process, so a process would see its own live segments as free.
+``fastrtps_port<N>``) next to a ``<name>_el`` file that its owner holds a BSD ``flock``
+on for as long as it lives. A process that is SIGKILLed never removes them. A segment whose
+lock file we can ``flock`` ourselves has no live owner and is removed, as ``fastdds shm
+clean`` does (that tool is not on PyPI). The lock must be ``flock``, not ``fcntl``/``lockf``:
+on Linux the two kinds never see each other, and a POSIX-lock probe would take every live
+segment for stale (pulling shared memory from under every running node). An ``flock`` on a
+fresh open file conflicts even with a lock of the same process, so this is safe in-process
+too; ``python -m drqv2_ros.bringup.shm_clean`` runs it from a shell.
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ def stale_segments(shm: Path = SHM) -> list[str]:
         except OSError:
             continue
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             continue  # a live process holds it
         else:
-            fcntl.lockf(fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
             base = lock.name[: -len("_el")]
             stale += [n for n in (base, lock.name, f"sem.{base}_mutex") if (shm / n).exists()]
         finally:
