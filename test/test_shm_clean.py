@@ -66,3 +66,32 @@ def test_a_running_nodes_shared_memory_is_never_stale(launch_node):
     clean()
     assert all((Path("/dev/shm") / n).exists() for n in mine)
     assert node.alive()
+
+
+def test_sim_finetune_reports_only_its_own_leftovers(tmp_path):
+    """sim-finetune's end-of-run check: files new since the start that nobody holds, and
+    its private domain's port files (removed), count; another process's live files made
+    meanwhile (a test suite beside the run) are neither reported nor touched."""
+    from drqv2_ros.demo.sim_finetune import _release_shm
+
+    (tmp_path / "fastrtps_old").write_bytes(b"")           # there before the run
+    (tmp_path / "fastrtps_old_el").write_bytes(b"")
+    before = {p.name for p in tmp_path.iterdir()}
+    for base in ("fastrtps_live", "fastrtps_dead"):         # made during the run
+        (tmp_path / base).write_bytes(b"x")
+        (tmp_path / f"{base}_el").write_bytes(b"")
+    own = 7400 + 250 * 42 + 11                              # domain 42's port
+    for name in (f"fastrtps_port{own}", f"sem.fastrtps_port{own}_mutex", "fastrtps_port7011"):
+        (tmp_path / name).write_bytes(b"")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "fastrtps_live_el")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        cleaned, leftover = _release_shm(before, 42, timeout=0.5, shm=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cleaned == sorted([f"fastrtps_port{own}", f"sem.fastrtps_port{own}_mutex"])
+    assert leftover == ["fastrtps_dead", "fastrtps_dead_el"]
+    assert {"fastrtps_live", "fastrtps_live_el", "fastrtps_port7011", "fastrtps_old"} <= \
+        {p.name for p in tmp_path.iterdir()}

@@ -27,6 +27,7 @@ import numpy as np
 from drqv2_ros.bringup.graph import GraphOptions
 from drqv2_ros.bringup.launcher import GraphProcesses
 from drqv2_ros.bringup.paths import config_file
+from drqv2_ros.bringup.shm_clean import SHM, stale_segments
 from drqv2_ros.demo.report import EpisodeSummary, RunRecord, write_report
 
 NODES = ("so101_driver", "policy", "learner", "teleop", "scripted_operator", "recorder")
@@ -80,35 +81,49 @@ def _ros_env(out: Path, domain_id: int) -> dict[str, str]:
     return env
 
 
-def _shm_files() -> set[str]:
+def _shm_files(shm: Path = SHM) -> set[str]:
     try:
-        return {p.name for p in Path("/dev/shm").iterdir() if "fast" in p.name}
+        return {p.name for p in shm.iterdir() if "fast" in p.name}
     except OSError:
         return set()
 
 
-def _release_shm(before: set[str], domain_id: int, timeout: float = 5.0
+def _release_shm(before: set[str], domain_id: int, timeout: float = 5.0, shm: Path = SHM
                  ) -> tuple[list[str], list[str]]:
     """Fast DDS shared memory the run left behind, once all its processes have exited.
 
-    Waits for segments to be released; then removes the port segments of this run's own
-    domain (``fastrtps_port<N>``, N in 7400 + 250 * domain + [0, 250): every process that
-    could use them is gone, as ``fastdds shm clean`` would). Returns (cleaned, leftover)."""
-    deadline = time.monotonic() + timeout
-    while _shm_files() - before and time.monotonic() < deadline:
-        time.sleep(0.25)
+    The run's own are the files new since it started that no live process holds (their
+    ``_el`` lock is free: a node that did not exit cleanly) and the port files of its
+    private domain (``fastrtps_port<N>``, N in 7400 + 250 * domain + [0, 250)). Files of
+    other ROS 2 processes running meanwhile (a test suite, another graph) are never
+    touched or reported. Waits up to ``timeout`` for the run's segments to be released,
+    then removes its domain's port files (every process that could use them is gone, as
+    ``fastdds shm clean`` would). Returns (cleaned, leftover)."""
     lo = 7400 + 250 * domain_id
+
+    def own_port(name: str) -> bool:
+        if "fastrtps_port" not in name:
+            return False
+        digits = "".join(c for c in name.split("port", 1)[-1] if c.isdigit())
+        return bool(digits) and lo <= int(digits[:5]) < lo + 250
+
+    def left() -> list[str]:
+        new = _shm_files(shm) - before
+        unheld = set(stale_segments(shm))
+        return sorted(n for n in new if n in unheld or own_port(n))
+
+    deadline = time.monotonic() + timeout
+    while [n for n in left() if not own_port(n)] and time.monotonic() < deadline:
+        time.sleep(0.25)
     cleaned = []
-    for name in sorted(_shm_files() - before):
-        digits = "".join(c for c in name.split("port", 1)[-1] if c.isdigit()) \
-            if "fastrtps_port" in name else ""
-        if digits and lo <= int(digits[:5]) < lo + 250:
+    for name in left():
+        if own_port(name):
             try:
-                (Path("/dev/shm") / name).unlink()
+                (shm / name).unlink()
                 cleaned.append(name)
             except OSError:
                 pass
-    return cleaned, sorted(_shm_files() - before)
+    return cleaned, left()
 
 
 class Monitor:
