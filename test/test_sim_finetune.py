@@ -17,6 +17,14 @@ pytest.importorskip("mujoco")
 pytestmark = [pytest.mark.dds, pytest.mark.slow]
 
 
+def _failed_logs(out: Path, rep: dict) -> str:
+    """The log tails of the nodes that did not exit 0 (a crash prints its stacks there)."""
+    logs = out / "logs"
+    return "\n".join(f"--- {name} exited {code}\n{(logs / f'{name}.log').read_text()[-3000:]}"
+                     for name, code in rep.get("exit_codes", {}).items()
+                     if code != 0 and (logs / f"{name}.log").exists())
+
+
 def test_sim_finetune_end_to_end(tmp_path):
     out = tmp_path / "run"
     exe = shutil.which("drqv2-ros", path=str(Path(sys.executable).parent))
@@ -35,7 +43,7 @@ def test_sim_finetune_end_to_end(tmp_path):
     assert set(rep["nodes_up"]) == {"so101_driver", "policy", "learner", "teleop",
                                     "scripted_operator", "recorder"}
     assert rep["exit_codes"] and all(c == 0 for c in rep["exit_codes"].values()), \
-        rep["exit_codes"]
+        f"{rep['exit_codes']}\n{_failed_logs(out, rep)}"
     assert rep["commands_per_s"] >= 0.6 * rep["control_rate_hz"], rep["commands_per_s"]
     assert rep["steps_received"] > 200
     assert len(rep["episodes"]) >= 3
@@ -49,7 +57,7 @@ def test_sim_finetune_end_to_end(tmp_path):
         assert Path(png).stat().st_size > 20_000, png
     assert (out / "report.txt").read_text().count("\n") >= 8
     assert any((out / "learner" / "tensorboard").iterdir())
-    assert rep["leftover_shm"] == []
+    assert rep["leftover_shm"] == [], _failed_logs(out, rep)
     assert "report:" in proc.stdout
 
 
@@ -78,6 +86,6 @@ def test_sim_finetune_ctrl_c_stops_everything_cleanly(tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["exit_codes"] and all(c is not None for c in rep["exit_codes"].values())
     assert rep["duration_s"] < 120
-    assert rep["leftover_shm"] == []
+    assert rep["leftover_shm"] == [], f"{rep['exit_codes']}\n{_failed_logs(out, rep)}"
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(out) not in ps, "orphan node processes"

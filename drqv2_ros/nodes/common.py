@@ -8,6 +8,7 @@ ROS parameter descriptor), builds its ROS-free core object, and wires topics to 
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import signal
 import sys
 from collections.abc import Callable
@@ -186,6 +187,9 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, *,
     # returns, which may be never on a quiet graph), then chain to the handler installed
     # before. For SIGTERM that is the default action (kill, no clean-up): chain to a no-op.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    # A crash inside a C extension (rcl, Fast DDS, torch) prints every thread's Python stack
+    # to the node's log instead of dying silently.
+    faulthandler.enable()
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
     executor = SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(threads)

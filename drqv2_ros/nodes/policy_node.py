@@ -143,6 +143,7 @@ class PolicyNode(Node):
                                       self._on_load_checkpoint)
         self._svc_exec = SingleThreadedExecutor(context=self.context)
         self._svc_exec.add_node(self._svc_node)
+        self._svc_stop = threading.Event()
         self._svc_thread = threading.Thread(target=self._spin_service,
                                             name="hot_swap_service", daemon=True)
         self._svc_thread.start()
@@ -330,18 +331,23 @@ class PolicyNode(Node):
             self._reset_future = None
 
     def _spin_service(self) -> None:
+        # Short waits and a stop flag: the thread ends by itself and its executor is shut
+        # down only after the join (Jazzy's Executor.shutdown() destroys the executor's guard
+        # conditions without waiting for a spin in progress in another thread).
         try:
-            self._svc_exec.spin()
+            while not self._svc_stop.is_set() and self.context.ok():
+                self._svc_exec.spin_once(timeout_sec=0.1)
         except Exception:  # the context went away at shutdown
             pass
 
     def close(self) -> None:
-        # Orderly: no thread may still be inside rcl/DDS code when the process exits (a
-        # thread left in a wait at interpreter exit aborts the process).
-        self._svc_exec.shutdown(timeout_sec=2.0)
+        # Orderly: no thread may still be inside rcl/DDS code when the process exits or an
+        # entity it waits on is destroyed; the service thread stops first, then its executor.
+        self._svc_stop.set()
         self._svc_thread.join(timeout=5.0)
         self._loader.shutdown(wait=True, cancel_futures=True)
         if not self._svc_thread.is_alive():
+            self._svc_exec.shutdown()
             self._svc_node.destroy_node()
 
     def _publish_status(self) -> None:

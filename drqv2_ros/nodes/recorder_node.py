@@ -15,6 +15,7 @@ and ``metadata.yaml`` written, so the bag is valid.
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 import threading
@@ -164,6 +165,7 @@ def _import_msg(msgtype: str):
 def main(args: list[str] | None = None) -> int:
     """Run the recorder until SIGINT/SIGTERM; returns the exit code."""
     args = list(sys.argv if args is None else args)
+    faulthandler.enable()  # a crash in C code still prints the Python stacks to the log
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
 
