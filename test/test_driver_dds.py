@@ -113,8 +113,9 @@ def _rate(samples, window_s: float) -> float:
     """Messages per second by their header stamps (when the driver made them), so a
     delivery hiccup on a loaded machine does not count; the newest 0.3 s may still be in
     flight and is left out."""
-    stamps = sorted(m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
-                    for _, m in samples)
+    from drqv2_ros.nodes.common import stamp_to_ns
+
+    stamps = sorted(stamp_to_ns(m.header.stamp) for _, m in samples)
     t_end = stamps[-1] - 300_000_000
     return sum(t_end - window_s * 1e9 < t <= t_end for t in stamps) / window_s
 
@@ -258,7 +259,7 @@ def test_estop_latches_until_reset(rig):
 def test_joint_command_applied_and_malformed_refused(rig):
     from sensor_msgs.msg import JointState
 
-    from drqv2_ros.nodes.common import reliable_qos
+    from drqv2_ros.nodes.common import ns_to_stamp, reliable_qos
 
     pub = rig.probe.publisher(JointState, "joint_command", reliable_qos(1))
     wait_for(lambda: pub.get_subscription_count() > 0, 20, "joint_command subscribed",
@@ -280,8 +281,7 @@ def test_joint_command_applied_and_malformed_refused(rig):
     def stream():  # a joint streamer republishes its (fresh-stamped) target at 10 Hz
         if abs(rig.latest(rig.joints).position[0] - target[0]) < 0.01:
             return True
-        good.header.stamp.sec, good.header.stamp.nanosec = divmod(time.time_ns(),
-                                                                  1_000_000_000)
+        ns_to_stamp(time.time_ns(), good.header.stamp)
         pub.publish(good)
         return False
 

@@ -97,7 +97,8 @@ def test_recorder_node_records_bit_exact_and_stops_cleanly(launch_node, probe, t
                   reader.messages(connections=[topics["/camera/image_policy"]])]
     assert len(steps) == len(records)  # reliable: every one
     assert all(a.equals(b) for a, b in zip(steps, records))
-    live = [img for img in images if stamp_to_ns(img.header.stamp) in {r.stamp_ns for r in records}]
+    record_stamps = {r.stamp_ns for r in records}
+    live = [img for img in images if stamp_to_ns(img.header.stamp) in record_stamps]
     assert len(live) >= len(records) // 2, f"{len(live)} of {len(records)} images"
     for img in images:
         assert img.data.tobytes() == frames[stamp_to_ns(img.header.stamp)].tobytes()
