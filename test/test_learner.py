@@ -299,9 +299,9 @@ def test_augmentation_applied_exactly_once_per_image():
     real = learner.aug
 
     class Counting(nn.Module):
-        def forward(self, x, generator=None):
+        def forward(self, x, shifts=None, generator=None):
             calls.append(x.detach().clone())
-            y = real(x, generator=generator)
+            y = real(x, shifts=shifts, generator=generator)
             outs.append(y)
             return y
 

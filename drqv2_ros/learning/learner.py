@@ -21,6 +21,12 @@ ROS-free. The update follows RoboBase ``DrQV2`` / ``ActorCritic.update`` (roboba
 The std schedule is evaluated at :attr:`DrQV2Learner.iteration`, a RoboBase main-loop
 iteration counter that starts at the checkpoint's ``main_loop_iterations`` (see
 ``docs/learner.md`` for the exact mapping).
+
+Devices and speed (``learning/device.py``): the update runs on any torch device (``auto``
+picks CUDA when there is one). The default math is IEEE float32 everywhere (TF32 off on
+CUDA); ``precision="tf32" | "bf16"`` and ``compile=True`` are opt-in and tested for their
+deviation. The update never waits for the GPU except for the two loss finiteness checks
+that guard the optimiser steps: its metrics are copied to the host only when read.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import json
 import os
 import struct
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +48,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drqv2_ros.learning.cuda_graph import GraphedUpdate
+from drqv2_ros.learning.device import configure_precision, resolve_device
 from drqv2_ros.policy.configuration_drqv2 import ConfigError, DrQV2Config
 from drqv2_ros.policy.modeling_drqv2 import (
     CheckpointError,
     DrQV2Policy,
     RandomShiftsAug,
+    TruncatedNormal,
     check_state_dict,
     schedule,
 )
@@ -62,6 +71,7 @@ __all__ = [
     "exploration_std",
     "explore_action",
     "keep_freed_memory",
+    "UpdateMetrics",
 ]
 
 STATE_FORMAT = "drqv2_ros.learner_state"
@@ -185,6 +195,38 @@ def load_actor_bytes(policy: DrQV2Policy, data: bytes) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------- the learner
+class UpdateMetrics(Mapping[str, float]):
+    """The metrics of one update, read as floats; device values are copied to the host on
+    first read, all at once (one transfer, and no wait for the GPU before that)."""
+
+    def __init__(self, values: dict[str, float | torch.Tensor]) -> None:
+        self._values = values
+        self._host: dict[str, float] | None = None
+
+    def _materialise(self) -> dict[str, float]:
+        if self._host is None:
+            keys = [k for k, v in self._values.items() if isinstance(v, torch.Tensor)]
+            host = {k: float(v) for k, v in self._values.items() if k not in keys}
+            if keys:
+                stacked = torch.stack([self._values[k].detach().float().reshape(())
+                                       for k in keys])
+                host.update(zip(keys, stacked.tolist()))
+            self._host = {k: host[k] for k in self._values}
+        return self._host
+
+    def __getitem__(self, key: str) -> float:
+        return self._materialise()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"UpdateMetrics({self._materialise()!r})"
+
+
 @contextlib.contextmanager
 def _frozen(module: nn.Module) -> Iterator[None]:
     """Temporarily stop parameter gradients of ``module`` (inputs still get gradients).
@@ -211,7 +253,17 @@ class DrQV2Learner:
         config: hyper-parameters (lrs, weight decay, tau, std schedule/clip, augmentation).
             Default: ``policy.config``. An override must describe the same network; it
             becomes ``policy.config``.
-        device: torch device of the update.
+        device: torch device of the update: ``"auto"`` (CUDA when available), ``"cpu"``,
+            ``"cuda"``, ``"cuda:N"`` or a :class:`torch.device`.
+        precision: ``"fp32"`` (default, RoboBase-exact IEEE float32), ``"tf32"`` (CUDA
+            TF32 matrix units) or ``"bf16"`` (bfloat16 autocast forward passes); see
+            ``learning/device.py``.
+        compile: ``torch.compile`` the encoder, actor and critics in place (opt-in; the
+            state-dict names do not change).
+        cuda_graphs: on a CUDA device, replay the update as one CUDA graph
+            (``learning/cuda_graph.py``: the same float32 kernels without per-kernel launch
+            cost; the optimisers then keep their step counters on the device). Ignored on
+            the CPU.
         bc_weight: weight of RoboBase's BC term on demo/intervention samples (0 = off).
         seed: seeds the learner's numpy ``rng`` (for buffer sampling) and torch generator
             (augmentation shifts and policy noise).
@@ -227,6 +279,9 @@ class DrQV2Learner:
         config: DrQV2Config | None = None,
         *,
         device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        compile: bool = False,
+        cuda_graphs: bool = True,
         bc_weight: float = 0.0,
         seed: int = 0,
         update_every_steps: int = 2,
@@ -247,8 +302,15 @@ class DrQV2Learner:
             raise ValueError(f"update_every_steps must be >= 1, got {update_every_steps}")
         if not np.isfinite(bc_weight) or bc_weight < 0:
             raise ValueError(f"bc_weight must be finite and >= 0, got {bc_weight}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        self.precision = precision
+        self._autocast = configure_precision(self.device, precision)
+        self.compiled = bool(compile)
         self.policy = policy.to(self.device)
+        if self.compiled:
+            for module in (self.policy.encoder, self.policy.actor, self.policy.critic,
+                           self.policy.critic_target):
+                module.compile()  # in place: parameter names stay RoboBase's
         cfg = self.policy.config
         self.bc_weight = float(bc_weight)
         self.update_every_steps = int(update_every_steps)
@@ -258,10 +320,12 @@ class DrQV2Learner:
 
         params = self.policy.get_optim_params()
         wd = cfg.weight_decay
-        self.encoder_opt = torch.optim.AdamW(params["encoder"], lr=cfg.encoder_lr,
-                                             weight_decay=wd)
-        self.critic_opt = torch.optim.AdamW(params["critic"], lr=cfg.critic_lr, weight_decay=wd)
-        self.actor_opt = torch.optim.AdamW(params["actor"], lr=cfg.actor_lr, weight_decay=wd)
+        graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        opt = dict(weight_decay=wd, capturable=True) if graphs else dict(weight_decay=wd)
+        self.encoder_opt = torch.optim.AdamW(params["encoder"], lr=cfg.encoder_lr, **opt)
+        self.critic_opt = torch.optim.AdamW(params["critic"], lr=cfg.critic_lr, **opt)
+        self.actor_opt = torch.optim.AdamW(params["actor"], lr=cfg.actor_lr, **opt)
+        self._graphs = GraphedUpdate(self) if graphs else None
         # The view fusion (flatten) has no parameters: no optimiser, as in RoboBase.
         self.aug: nn.Module | None = RandomShiftsAug(cfg.aug_pad) if cfg.use_augmentation \
             else None
@@ -274,6 +338,7 @@ class DrQV2Learner:
         self.num_updates = 0
         self.global_env_episode = int(cfg.global_env_episode)
         self.pretrain_step = int(cfg.pretrain_step)
+        self.rng_note = ""  # set by a resume across devices (the torch stream restarts)
 
     # ------------------------------------------------------------------ counters
     @property
@@ -296,7 +361,7 @@ class DrQV2Learner:
         self.iteration = iteration
 
     # ------------------------------------------------------------------ the update
-    def _to_tensors(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def _to_tensors(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         missing = [k for k in _BATCH_KEYS if k not in batch]
         if missing:
             raise KeyError(f"batch lacks {missing} (has {sorted(batch)})")
@@ -325,10 +390,18 @@ class DrQV2Learner:
             if out[k].shape[0] != b:
                 raise ValueError(f"batch[{k!r}] must have {b} entries, got {out[k].shape[0]}")
         mask = torch.zeros(b, dtype=torch.bool, device=dev)
+        host_mask: np.ndarray | None = np.zeros(b, bool)
         for k in ("is_demo", "is_intervention"):
             if k in batch:
-                mask |= t(batch[k]).reshape(-1).to(torch.bool)
+                v = batch[k]
+                mask |= t(v).reshape(-1).to(torch.bool)
+                if isinstance(v, torch.Tensor) and v.device.type != "cpu":
+                    host_mask = None  # counted on the device when needed
+                elif host_mask is not None:
+                    host_mask = host_mask | np.asarray(v).reshape(-1).astype(bool)
         out["bc_mask"] = mask
+        # BC sample count known on the host when the flags came from there (no GPU wait).
+        out["bc_count"] = None if host_mask is None else int(host_mask.sum())
         if cfg.time_obs_size > 0:
             for k in ("time_obs", "next_time_obs"):
                 if k not in batch:
@@ -337,13 +410,30 @@ class DrQV2Learner:
                 out[k] = t(batch[k]).to(torch.float32).reshape(b, -1)
         return out
 
-    def augment(self, rgb: torch.Tensor) -> torch.Tensor:
-        """(B, V, C, H, W) uint8 -> float 0..255, random-shifted once per image (if enabled)."""
+    def augment(self, rgb: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, V, C, H, W) uint8 -> float 0..255, random-shifted once per image (if enabled);
+        ``shifts`` (B*V, 1, 1, 2) integers as drawn by :meth:`draw` (else drawn here)."""
         b, v, c, h, w = rgb.shape
         x = rgb.to(torch.float32).reshape(b * v, c, h, w)
         if self.aug is not None:
-            x = self.aug(x, generator=self.generator)
+            x = self.aug(x, shifts=shifts, generator=self.generator)
         return x.reshape(b, v, c, h, w)
+
+    def draw(self, batch_size: int) -> dict[str, torch.Tensor | None]:
+        """The random numbers of one update, drawn from :attr:`generator` in the order
+        RoboBase consumes them: shifts of ``rgb``, shifts of ``next_rgb``, target-action
+        noise, actor-action noise (so the update equals RoboBase's draw for draw)."""
+        cfg, dev, g = self.config, self.device, self.generator
+        out: dict[str, torch.Tensor | None] = {"shift": None, "next_shift": None}
+        if self.aug is not None and cfg.aug_pad > 0:
+            n = batch_size * cfg.num_views
+            for k in ("shift", "next_shift"):
+                out[k] = torch.randint(0, 2 * cfg.aug_pad + 1, (n, 1, 1, 2), device=dev,
+                                       generator=g)
+        shape = (batch_size, cfg.action_dim * cfg.action_sequence)
+        out["target_noise"] = torch.randn(shape, dtype=torch.float32, device=dev, generator=g)
+        out["actor_noise"] = torch.randn(shape, dtype=torch.float32, device=dev, generator=g)
+        return out
 
     def target_q(
         self,
@@ -351,50 +441,97 @@ class DrQV2Learner:
         discount: torch.Tensor,
         next_low_dim: torch.Tensor | None,
         next_fused: torch.Tensor,
-        std: float,
+        std: float | torch.Tensor,
         next_time_obs: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """TD target (B, 1): ``r_n + discount_n * min_i Q'_i(s', a')``, ``a'`` clipped noise."""
         p = self.policy
         with torch.no_grad():
-            dist = p.actor_dist(next_low_dim, next_fused, std)
-            next_action = dist.sample(clip=self.config.stddev_clip, generator=self.generator)
-            target_qs = p.critic_target(next_low_dim, next_fused, next_action, next_time_obs)
+            dist = self.actor_dist(next_low_dim, next_fused, std)
+            next_action = dist.sample(clip=self.config.stddev_clip, generator=self.generator,
+                                      noise=noise)
+            with self._autocast():
+                target_qs = p.critic_target(next_low_dim, next_fused, next_action,
+                                            next_time_obs).float()
             min_q = target_qs.min(-1, keepdim=True)[0]
             return reward + discount * min_q
 
-    def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
+    def actor_dist(self, low_dim: torch.Tensor | None, fused: torch.Tensor,
+                   std: float | torch.Tensor) -> TruncatedNormal:
+        """``policy.actor_dist`` in the learner's precision (the distribution in float32)."""
+        with self._autocast():
+            mu = self.policy.actor(low_dim, fused)
+        mu = mu.float()
+        return TruncatedNormal(mu, torch.ones_like(mu) * std)
+
+    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
+        """``policy.encode`` in the learner's precision."""
+        with self._autocast():
+            return self.policy.encode(rgb)
+
+    def update(self, batch: Mapping[str, Any],
+               after_launch: Callable[[], None] | None = None) -> UpdateMetrics:
         """One DrQ-v2 update on ``batch`` (numpy or torch, layout of ``ReplayBuffer.sample``).
 
-        Returns float metrics. The std schedule is read at :attr:`iteration`, which then
-        advances by ``update_every_steps``. Raises ``FloatingPointError`` when a loss is not
-        finite: a bad critic loss before any step (nothing changed), a bad actor loss after
-        the critic/encoder steps but before the actor step.
+        Returns the metrics (floats; on the eager path read from the device only when
+        accessed). The batch may hold numpy arrays or tensors on any device. The std schedule
+        is read at :attr:`iteration`, which then advances by ``update_every_steps``. Raises
+        ``FloatingPointError`` when a loss is not finite: a bad critic loss before any step
+        (nothing changed), a bad actor loss after the critic/encoder steps but before the
+        actor step (the CUDA-graph path restores exactly that state).
+
+        ``after_launch`` runs once the update's device work is queued and before the host
+        waits for it (e.g. to prepare the next batch while the GPU computes this one).
         """
-        cfg = self.config
-        p = self.policy
         b = self._to_tensors(batch)
         step = self.iteration
         std = self.std(step)
+        rnd = self.draw(b["rgb"].shape[0])
+        if self._graphs is not None and self._graphs.usable(b):
+            values = self._graphs.run(b, rnd, std, after_launch)
+        else:
+            values = self.update_math(b, rnd, std, self._check_host)
+            if after_launch is not None:
+                after_launch()
+        self.num_updates += 1
+        self.iteration = step + self.update_every_steps
+        values.update(std=std, iteration=float(step), num_updates=float(self.num_updates))
+        return UpdateMetrics(values)
+
+    def _check_host(self, name: str, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):  # waits for the device: the guard of the next step
+            what = ": weights left unchanged" if name == "critic" else ""
+            raise FloatingPointError(f"{name} loss is {loss.item()} at update "
+                                     f"{self.num_updates}{what}")
+
+    def update_math(self, b: Mapping[str, Any], rnd: Mapping[str, torch.Tensor | None],
+                    std: float | torch.Tensor,
+                    check: Callable[[str, torch.Tensor], None]) -> dict[str, Any]:
+        """The update itself, steps 1-6 of the module docstring, on tensors already on the
+        device and the draws of :meth:`draw`. ``check(name, loss)`` runs before the critic
+        and the actor steps (the eager path raises there; the CUDA graph records a flag).
+        Returns the device metrics (no host wait)."""
+        cfg = self.config
+        p = self.policy
         low, next_low = (b["low_dim"], b["next_low_dim"]) if cfg.low_dim_size > 0 else (None,
                                                                                          None)
         time_obs, next_time_obs = b.get("time_obs"), b.get("next_time_obs")
 
         # 1-2. augmentation (once per image) and encoding
-        rgb = self.augment(b["rgb"])
-        next_rgb = self.augment(b["next_rgb"])
-        fused = p.encode(rgb)
+        rgb = self.augment(b["rgb"], rnd["shift"])
+        next_rgb = self.augment(b["next_rgb"], rnd["next_shift"])
+        fused = self.encode(rgb)
         with torch.no_grad():
-            next_fused = p.encode(next_rgb)
+            next_fused = self.encode(next_rgb)
 
         # 3-4. critic + encoder
         target = self.target_q(b["reward"], b["discount"], next_low, next_fused, std,
-                               next_time_obs)
-        qs = p.critic(low, fused, b["action"], time_obs)
+                               next_time_obs, noise=rnd["target_noise"])
+        with self._autocast():
+            qs = p.critic(low, fused, b["action"], time_obs).float()
         critic_loss = F.mse_loss(qs, target.expand_as(qs))
-        if not torch.isfinite(critic_loss):
-            raise FloatingPointError(f"critic loss is {critic_loss.item()} at update "
-                                     f"{self.num_updates}: weights left unchanged")
+        check("critic", critic_loss)
         self.encoder_opt.zero_grad(set_to_none=True)
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -407,16 +544,14 @@ class DrQV2Learner:
 
         # 5. actor on detached features
         feats = fused.detach()
-        dist = p.actor_dist(low, feats, std)
-        action = dist.sample(clip=cfg.stddev_clip, generator=self.generator)
-        with _frozen(p.critic):
-            q_pi = p.critic(low, feats, action, time_obs)
+        dist = self.actor_dist(low, feats, std)
+        action = dist.sample(clip=cfg.stddev_clip, noise=rnd["actor_noise"])
+        with _frozen(p.critic), self._autocast():
+            q_pi = p.critic(low, feats, action, time_obs).float()
         actor_q_loss = -q_pi.min(-1, keepdim=True)[0].mean()
-        bc_loss, n_bc = self.bc_loss(dist.mean, b["action"], b["bc_mask"])
+        bc_loss, n_bc = self.bc_loss(dist.mean, b["action"], b["bc_mask"], b["bc_count"])
         actor_loss = actor_q_loss + bc_loss if n_bc else actor_q_loss
-        if not torch.isfinite(actor_loss):
-            raise FloatingPointError(f"actor loss is {actor_loss.item()} at update "
-                                     f"{self.num_updates}")
+        check("actor", actor_loss)
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         if self.actor_grad_clip:
@@ -426,39 +561,39 @@ class DrQV2Learner:
         # 6. target critic
         p.soft_update_target(cfg.critic_target_tau)
 
-        self.num_updates += 1
-        self.iteration = step + self.update_every_steps
-        metrics = {
-            "critic_loss": critic_loss.item(),
-            "critic_target_q": target.mean().item(),
-            "actor_loss": actor_loss.item(),
-            "actor_q": -actor_q_loss.item(),
-            "mean_act": dist.mean.mean().item(),
-            "batch_reward": b["reward"].mean().item(),
-            "std": std,
-            "iteration": float(step),
-            "num_updates": float(self.num_updates),
-            "ratio_bc_samples": float(b["bc_mask"].float().mean().item()),
-        }
-        for i in range(qs.shape[1]):
-            metrics[f"critic_q{i + 1}"] = qs[:, i].mean().item()
-        if n_bc:
-            metrics["actor_bc_loss"] = float(bc_loss.item())
-        return metrics
+        with torch.no_grad():
+            values: dict[str, Any] = {
+                "critic_loss": critic_loss.detach(),
+                "critic_target_q": target.mean(),
+                "actor_loss": actor_loss.detach(),
+                "actor_q": -actor_q_loss.detach(),
+                "mean_act": dist.mean.mean(),
+                "batch_reward": b["reward"].mean(),
+                "ratio_bc_samples": b["bc_mask"].float().mean(),
+            }
+            for i in range(qs.shape[1]):
+                values[f"critic_q{i + 1}"] = qs[:, i].mean()
+            if n_bc:
+                values["actor_bc_loss"] = bc_loss.detach()
+        return values
 
-    def bc_loss(self, mu: torch.Tensor, action: torch.Tensor, mask: torch.Tensor
-                ) -> tuple[torch.Tensor, int]:
+    def bc_loss(self, mu: torch.Tensor, action: torch.Tensor, mask: torch.Tensor,
+                count: int | None = None) -> tuple[torch.Tensor, int]:
         """RoboBase ``get_bc_loss``: ``w * sum_{i in mask, j} (mu_ij - a_ij)**2 / |mask|``.
 
         (Squared error summed over action dims, averaged over the masked samples.) Returns
         (loss, number of masked samples); loss is 0 when off or no sample is masked.
+        ``count``: the number of masked samples when the caller knows it on the host; when
+        None it is counted on the device (no wait; the loss is then exactly 0 for an empty
+        mask and the returned count is -1, "not known here").
         """
-        n = int(mask.sum().item()) if self.bc_weight > 0 else 0
-        if n == 0:
+        if self.bc_weight <= 0 or count == 0:
             return torch.zeros((), device=mu.device), 0
         se = F.mse_loss(mu.reshape(mu.shape[0], -1), action.reshape(mu.shape[0], -1),
                         reduction="none") * mask.to(mu.dtype).unsqueeze(1)
-        return self.bc_weight * se.sum() / n, n
+        if count is None:
+            return self.bc_weight * se.sum() / mask.sum().clamp_min(1).to(mu.dtype), -1
+        return self.bc_weight * se.sum() / int(count), int(count)
 
     # ------------------------------------------------------------------ actor weights
     def actor_state_bytes(self) -> bytes:
@@ -512,6 +647,7 @@ class DrQV2Learner:
             },
             "rng": {
                 "torch": self.generator.get_state(),
+                "torch_device": self.generator.device.type,
                 "numpy": self.rng.bit_generator.state,
             },
         }
@@ -606,15 +742,29 @@ class DrQV2Learner:
         torch_rng = rng["torch"]
         if not isinstance(torch_rng, torch.Tensor) or torch_rng.dtype != torch.uint8:
             raise LearnerStateError(f"learner state {what}: bad torch RNG state")
+        # A CPU generator's state cannot seed a CUDA generator (other algorithm, other state
+        # size) nor the reverse: across devices the torch stream restarts from a seed derived
+        # from (seed, num_updates); the numpy stream (buffer sampling) carries on exactly.
+        rng_device = str(rng.get("torch_device", "cpu"))
+        same_device = rng_device == self.generator.device.type
+        if same_device:
+            probe = torch.Generator(device=self.device)
+            try:
+                probe.set_state(torch_rng)
+            except RuntimeError as exc:
+                raise LearnerStateError(f"learner state {what}: bad torch RNG state "
+                                        f"({exc})") from None
         np_rng = np.random.default_rng()
         np_rng.bit_generator.state = rng["numpy"]
-        probe = torch.Generator(device=self.device)
-        probe.set_state(torch_rng)
 
         # All checks passed: apply.
         self.policy.load_state_dict(model, strict=True)
+        capturable = self._graphs is not None
         for name, opt in optims.items():
             opt.load_state_dict(state["optim"][name])
+            _set_capturable(opt, capturable)  # the saved groups carry the saver's setting
+        if self._graphs is not None:
+            self._graphs.invalidate()  # the optimiser tensors it captured were replaced
         self.policy.config = dataclasses.replace(
             self.config, main_loop_iterations=int(counters["iteration"]),
             global_env_episode=int(counters["global_env_episode"]),
@@ -625,7 +775,14 @@ class DrQV2Learner:
         self.global_env_episode = int(counters["global_env_episode"])
         self.pretrain_step = int(counters["pretrain_step"])
         self.seed = int(counters["seed"])
-        self.generator.set_state(torch_rng)
+        if same_device:
+            self.generator.set_state(torch_rng)
+            self.rng_note = ""
+        else:
+            reseed = (self.seed * 1_000_003 + self.num_updates) % 2**63
+            self.generator.manual_seed(reseed)
+            self.rng_note = (f"state saved on {rng_device}, resumed on "
+                             f"{self.generator.device.type}: torch RNG reseeded with {reseed}")
         self.rng = np_rng
 
     @classmethod
@@ -635,6 +792,18 @@ class DrQV2Learner:
         learner = cls(policy, **kwargs)
         learner.load_state(path)
         return learner
+
+
+def _set_capturable(opt: torch.optim.Optimizer, capturable: bool) -> None:
+    """Make a loaded optimiser run as this learner does: a state saved by a CUDA-graph
+    learner (step counters on the GPU) resumes on the CPU and the reverse."""
+    for group in opt.param_groups:
+        group["capturable"] = capturable
+        for param in group["params"]:
+            st = opt.state.get(param)
+            if st and isinstance(st.get("step"), torch.Tensor):
+                dev = param.device if capturable else torch.device("cpu")
+                st["step"] = st["step"].to(device=dev, dtype=torch.float32)
 
 
 def _config_diff(a: DrQV2Config, b: DrQV2Config, ignore: set[str]) -> list[str]:

@@ -387,6 +387,12 @@ class ReplayBuffer:
     def spec(self) -> dict[str, Any]:
         return dict(self._spec)
 
+    def frame_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ring's ``images`` (capacity, V, 3, H, W) uint8 and ``low_dim`` (capacity, D)
+        float32 arrays, indexed by slot (memory-mapped; for readers such as a device mirror,
+        which must not write them). Slot ``g % capacity`` holds step ``g``."""
+        return self._a["images"], self._a["low_dim"]
+
     # ------------------------------------------------------------------ writing
     def _check_array(self, name: str, value: Any, shape: tuple[int, ...], *,
                      image: bool = False) -> np.ndarray:
@@ -565,15 +571,23 @@ class ReplayBuffer:
         (B,) = gamma**n' (0 when the episode terminated within the window), ``next_rgb``,
         ``next_low_dim`` (stack at t+n'), ``is_intervention``, ``is_demo`` (B,) bool.
         """
+        rng = np.random.default_rng() if rng is None else rng
+        return self.gather_frames(self.sample_plan(batch_size, rng))
+
+    def sample_plan(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Draw ``batch_size`` transitions and say where their frames are, without reading
+        them: :meth:`sample` is ``gather_frames`` over this plan, and a device mirror of the
+        frames (``learning/device_replay.py``) gathers from the same plan on the GPU.
+
+        Returns ``slots`` int64 (2, B, T) (ring slots of the current and next stacks, oldest
+        first), the small per-transition arrays of :meth:`sample` (``action``, ``reward``,
+        ``discount``, ``is_intervention``, ``is_demo``) and ``t`` (the global step ids).
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(self) == 0:
             raise ValueError("cannot sample: the replay buffer holds no sampleable transition")
-        rng = np.random.default_rng() if rng is None else rng
         t = self._draw(int(batch_size), rng)
-        return self._gather(t)
-
-    def _gather(self, t: np.ndarray) -> dict[str, np.ndarray]:
         mm, cap, T, B = self._a, self.capacity, self.frame_stack, t.shape[0]
         ep = mm["ep_start"][t % cap]
         # n-step return over the steps available in the episode.
@@ -594,22 +608,36 @@ class ReplayBuffer:
         offs = np.arange(T - 1, -1, -1, dtype=np.int64)
         cur = np.maximum(t[:, None] - offs, ep[:, None])
         nxt = np.maximum((t + nprime)[:, None] - offs, ep[:, None])
-        idx = np.concatenate([cur, nxt]).reshape(-1) % cap
+        f1 = mm["flags"][(t + 1) % cap]
+        return {
+            "t": t,
+            "slots": np.stack([cur, nxt]) % cap,
+            "action": mm["action"][(t + 1) % cap],
+            "reward": reward.astype(np.float32),
+            "discount": discount.astype(np.float32),
+            "is_intervention": (f1 & _INTERVENTION) != 0,
+            "is_demo": (f1 & _DEMO) != 0,
+        }
+
+    def gather_frames(self, plan: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The batch of :meth:`sample` for a :meth:`sample_plan` (reads the frames)."""
+        mm, T = self._a, self.frame_stack
+        _, B, _ = plan["slots"].shape
+        idx = plan["slots"].reshape(-1)
         V, C, H, W = self.image_shape
         img = mm["images"][idx].reshape(2, B, T, V, C, H, W).transpose(0, 1, 3, 2, 4, 5, 6)
         img = np.ascontiguousarray(img).reshape(2, B, V, T * C, H, W)
         low = mm["low_dim"][idx].reshape(2, B, T * self.low_dim_size)
-        f1 = mm["flags"][(t + 1) % cap]
         return {
             "rgb": img[0],
             "low_dim": low[0],
-            "action": mm["action"][(t + 1) % cap],
-            "reward": reward.astype(np.float32),
-            "discount": discount.astype(np.float32),
+            "action": plan["action"],
+            "reward": plan["reward"],
+            "discount": plan["discount"],
             "next_rgb": img[1],
             "next_low_dim": low[1],
-            "is_intervention": (f1 & _INTERVENTION) != 0,
-            "is_demo": (f1 & _DEMO) != 0,
+            "is_intervention": plan["is_intervention"],
+            "is_demo": plan["is_demo"],
         }
 
 
@@ -663,19 +691,26 @@ class MixedReplay:
         n_off = int(math.floor(batch_size * self.offline_fraction + 0.5))
         return batch_size - n_off, n_off
 
+    def sample_plans(self, batch_size: int, rng: np.random.Generator
+                     ) -> list[tuple[ReplayBuffer, dict[str, np.ndarray]]]:
+        """The draws of :meth:`sample` (online part first), as ``(buffer, plan)`` pairs of
+        :meth:`ReplayBuffer.sample_plan`, frames not read."""
+        n_on, n_off = self.split(int(batch_size))
+        parts = []
+        if n_on:
+            parts.append((self.online, self.online.sample_plan(n_on, rng)))
+        if n_off:
+            parts.append((self.offline, self.offline.sample_plan(n_off, rng)))
+        return parts
+
     def sample(self, batch_size: int, rng: np.random.Generator | None = None
                ) -> dict[str, np.ndarray]:
         rng = np.random.default_rng() if rng is None else rng
-        n_on, n_off = self.split(int(batch_size))
-        parts, src = [], []
-        if n_on:
-            parts.append(self.online.sample(n_on, rng))
-            src.append(np.zeros(n_on, bool))
-        if n_off:
-            parts.append(self.offline.sample(n_off, rng))
-            src.append(np.ones(n_off, bool))
+        plans = self.sample_plans(batch_size, rng)
+        parts = [buf.gather_frames(plan) for buf, plan in plans]
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        out["is_offline"] = np.concatenate(src)
+        out["is_offline"] = np.concatenate(
+            [np.full(plan["t"].shape[0], buf is self.offline) for buf, plan in plans])
         return out
 
     def flush(self) -> None:

@@ -22,13 +22,16 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from drqv2_ros.acting.weights import WeightsPacket
+from drqv2_ros.learning.device import describe_device
+from drqv2_ros.learning.device_replay import DeviceReplay, mirror_bytes
 from drqv2_ros.learning.learner import DrQV2Learner
 from drqv2_ros.learning.replay_buffer import MixedReplay, ReplayBuffer
 from drqv2_ros.observation.step_record import StepRecord
@@ -60,6 +63,15 @@ class TrainingConfig:
     bc_weight: float = param(0.0, "BC term weight on demo/intervention samples (0 = off)")
     seed: int = param(0, "learner seed")
     tensorboard: bool = param(True, "log metrics for TensorBoard under output_dir/tensorboard")
+    device: str = param("auto", "where updates run: auto (CUDA when available), cpu, cuda, "
+                                "cuda:N")
+    precision: str = param("fp32", "update math: fp32 (RoboBase-exact), tf32 (CUDA), bf16")
+    compile: bool = param(False, "torch.compile the networks (opt-in; first updates slower)")
+    cuda_graphs: bool = param(True, "on CUDA, replay the update as one CUDA graph (same fp32 "
+                                    "kernels, no per-kernel launch cost)")
+    replay_on_device: str = param("auto", "keep the replay frames on the GPU and gather "
+                                          "batches there: auto (CUDA and the rings fit in "
+                                          "half the free GPU memory), on, off")
 
 
 @dataclass
@@ -76,15 +88,21 @@ class Counters:
 class TrainingLoop:
     def __init__(self, cfg: TrainingConfig, policy: DrQV2Policy):
         self.cfg = cfg
+        replay_mode = str(cfg.replay_on_device).strip().lower()
+        if replay_mode not in ("auto", "on", "off"):
+            raise ValueError(f"replay_on_device must be auto, on or off, got "
+                             f"{cfg.replay_on_device!r}")
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         state_path = self.out / STATE_FILE
+        compute = dict(device=cfg.device, precision=cfg.precision, compile=cfg.compile,
+                       cuda_graphs=cfg.cuda_graphs, bc_weight=cfg.bc_weight)
         if cfg.resume and state_path.exists():
             # A resume that cannot load is an error: never silently start from scratch.
-            self.learner = DrQV2Learner.resume(policy, state_path, bc_weight=cfg.bc_weight)
+            self.learner = DrQV2Learner.resume(policy, state_path, **compute)
             self.resumed = True
         else:
-            self.learner = DrQV2Learner(policy, bc_weight=cfg.bc_weight, seed=cfg.seed)
+            self.learner = DrQV2Learner(policy, seed=cfg.seed, **compute)
             self.resumed = False
         c = self.learner.config
         spec = dict(image_shape=(c.num_views, c.channels_per_frame, c.image_height,
@@ -96,17 +114,40 @@ class TrainingLoop:
             ReplayBuffer(self.out / "replay" / "offline", capacity=cfg.offline_capacity, **spec),
             offline_fraction=cfg.offline_fraction)
         self.spec = spec
+        self.device_replay = self._device_replay(replay_mode)
         self.run_id = uuid.uuid4().hex[:12]
         self.counters = Counters()
         self._queue: queue.Queue[StepRecord] = queue.Queue()
         self._episode_open = False
-        self._last_metrics: dict[str, float] = {}
+        self._last_metrics: Mapping[str, float] = {}
         self._t_update_window: list[float] = []
         self._writer = None
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(self.out / "tensorboard"))
+
+    def _device_replay(self, mode: str) -> DeviceReplay | None:
+        dev = self.learner.device
+        if mode == "off" or (mode == "auto" and dev.type != "cuda"):
+            return None
+        need = mirror_bytes(self.replay)
+        if mode == "auto":
+            free, _total = torch.cuda.mem_get_info(dev)
+            if need > free // 2:
+                log.warning("replay frames stay on the host: the device copy would take "
+                            "%.1f GB of %.1f GB free on %s", need / 1e9, free / 1e9, dev)
+                return None
+        return DeviceReplay(self.replay, dev)
+
+    def describe(self) -> str:
+        """Where the learner computes, for the start-up log and reports."""
+        where = describe_device(self.learner.device)
+        replay = "replay gathered on the device" if self.device_replay else "replay on host"
+        note = f"; {self.learner.rng_note}" if self.learner.rng_note else ""
+        graphs = ", CUDA graph" if self.learner._graphs is not None else ""
+        return (f"{where}, {self.learner.precision}{graphs}"
+                f"{', compiled' if self.learner.compiled else ''}, {replay}{note}")
 
     # -- input (any thread) -----------------------------------------------------------------
     def submit(self, record: StepRecord) -> None:
@@ -162,10 +203,15 @@ class TrainingLoop:
         want = math.floor(self.cfg.utd_ratio * self.counters.stored)
         return max(0, want - self.counters.updates)
 
-    def update_once(self) -> dict[str, float]:
-        batch = self.replay.sample(self.cfg.batch_size, self.learner.rng)
+    def update_once(self) -> Mapping[str, float]:
+        b, rng, dr = self.cfg.batch_size, self.learner.rng, self.device_replay
         t0 = time.perf_counter()
-        metrics = self.learner.update(batch)
+        if dr is not None:
+            # The next batch is sampled while the GPU runs this update (one update ahead).
+            metrics = self.learner.update(dr.take(b, rng),
+                                          after_launch=lambda: dr.prefetch(b, rng))
+        else:
+            metrics = self.learner.update(self.replay.sample(b, rng))
         self._t_update_window.append(time.perf_counter() - t0)
         del self._t_update_window[:-50]
         self.counters.updates += 1

@@ -68,8 +68,9 @@ class LearnerNode(Node):
         self._thread.start()
         self.get_logger().info(
             f"learner ready ({'resumed' if self.loop.resumed else 'fresh'} from {start}; "
-            f"run {self.loop.run_id}; online {len(self.loop.replay.online)} / offline "
-            f"{len(self.loop.replay.offline)} transitions on disk)")
+            f"on {self.loop.describe()}; run {self.loop.run_id}; online "
+            f"{len(self.loop.replay.online)} / offline {len(self.loop.replay.offline)} "
+            "transitions on disk)")
 
     def _on_step(self, msg: Step) -> None:
         try:

@@ -110,11 +110,13 @@ class TruncatedNormal(pyd.Normal):
         # Forward value is the clamped one, gradient flows as if unclamped.
         return x - x.detach() + clamped.detach()
 
-    def sample(self, clip: float | None = None, sample_shape=(), generator=None):
-        shape = self._extended_shape(torch.Size(sample_shape))
-        noise = torch.randn(
-            shape, dtype=self.loc.dtype, device=self.loc.device, generator=generator
-        )
+    def sample(self, clip: float | None = None, sample_shape=(), generator=None, noise=None):
+        """``noise``: the standard-normal draw to use (drawn from ``generator`` if None)."""
+        if noise is None:
+            shape = self._extended_shape(torch.Size(sample_shape))
+            noise = torch.randn(
+                shape, dtype=self.loc.dtype, device=self.loc.device, generator=generator
+            )
         noise = noise * self.scale
         if clip is not None:
             noise = torch.clamp(noise, -clip, clip)
