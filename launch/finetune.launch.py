@@ -29,6 +29,8 @@ ARGUMENTS = (
     ("learner", "true", "start the learner"),
     ("operator", "joy", "joy | gamepad | scripted (sim only) | none"),
     ("output_dir", "", "learner output directory"),
+    ("learner_device", "", "learner device: auto (CUDA when available), cpu, cuda, cuda:N "
+                           "('' = config/learner.yaml)"),
 )
 
 
@@ -44,7 +46,7 @@ def _nodes(context, *args, **kwargs):
         record=_truthy(get("record")), bag_path=get("bag"),
         demo_mode=_truthy(get("demo_mode")), learner=_truthy(get("learner")),
         operator=get("operator"), output_dir=get("output_dir"),
-        extra_params_file=get("params_file"))
+        extra_params_file=get("params_file"), learner_device=get("learner_device"))
     config_dir = os.path.join(get_package_share_directory("drqv2_ros"), "config")
     actions = []
     for spec in build_graph(opt):

@@ -241,3 +241,16 @@ def test_package_xml_and_cmake_install_what_launch_needs():
     assert "srv/LoadCheckpoint.srv" in cmake
     for msg in sorted((ROOT / "msg").glob("*.msg")):
         assert f"msg/{msg.name}" in cmake, f"{msg.name} not generated"
+
+
+def test_learner_device_argument_reaches_the_learner_and_bad_names_fail_early(monkeypatch):
+    _, nodes = _describe(monkeypatch, {"mode": "sim", "operator": "scripted",
+                                       "learner_device": "cuda:1"})
+    learner = next(n for n in nodes if n.kw["name"] == "learner")
+    assert {"device": "cuda:1"}.items() <= learner.kw["parameters"][-1].items()
+    spec = next(s for s in build_graph(GraphOptions(operator="none")) if s.name == "learner")
+    assert "device" not in spec.parameters  # config/learner.yaml's default (auto) applies
+    with pytest.raises(ValueError, match="learner device must be auto, cpu, cuda or cuda:N"):
+        build_graph(GraphOptions(operator="none", learner_device="gpu"))
+    cfg = yaml.safe_load((ROOT / "config" / "learner.yaml").read_text())
+    assert cfg["/**/learner"]["ros__parameters"]["device"] == "auto"

@@ -7,7 +7,10 @@ machines without the ``ros2`` CLI. Both read the same parameter files from ``con
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class GraphOptions:
     #                                   "scripted" (sim only), "none"
     output_dir: str = ""              # learner output (checkpoints, buffer, TensorBoard)
     extra_params_file: str = ""       # a user YAML applied after the defaults
+    learner_device: str = ""          # learner's torch device ("" = config/learner.yaml's,
+    #                                   auto: CUDA when available; cpu; cuda; cuda:N)
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,11 @@ def build_graph(opt: GraphOptions) -> list[NodeSpec]:
             lp["output_dir"] = opt.output_dir
         if opt.checkpoint:
             lp["checkpoint"] = opt.checkpoint
+        if opt.learner_device:
+            if not _DEVICE.fullmatch(opt.learner_device.strip().lower()):
+                raise ValueError(f"learner device must be auto, cpu, cuda or cuda:N, got "
+                                 f"{opt.learner_device!r}")
+            lp["device"] = opt.learner_device.strip().lower()
         nodes.append(NodeSpec("learner", "learner", ("learner.yaml",), lp))
     if opt.operator != "none":
         controller_params = dict(common)

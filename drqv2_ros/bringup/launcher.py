@@ -129,6 +129,9 @@ def add_graph_arguments(ap: argparse.ArgumentParser) -> None:
                     default="joy")
     ap.add_argument("--output-dir", default="", help="learner output directory")
     ap.add_argument("--params-file", default="", help="extra parameters YAML (applied last)")
+    ap.add_argument("--learner-device", default="",
+                    help="learner device: auto (CUDA when available), cpu, cuda, cuda:N "
+                         "(default: config/learner.yaml's, auto)")
 
 
 def options_from_args(a: argparse.Namespace) -> GraphOptions:
@@ -136,7 +139,7 @@ def options_from_args(a: argparse.Namespace) -> GraphOptions:
                         use_sim_time=a.use_sim_time, log_level=a.log_level, record=a.record,
                         bag_path=a.bag, demo_mode=a.demo_mode, learner=not a.no_learner,
                         operator=a.operator, output_dir=a.output_dir,
-                        extra_params_file=a.params_file)
+                        extra_params_file=a.params_file, learner_device=a.learner_device)
 
 
 def launcher_main(argv: list[str]) -> int:

@@ -263,6 +263,8 @@ def sim_finetune_main(argv: list[str]) -> int:
     ap.add_argument("--intervene-probability", type=float, default=0.5,
                     help="chance that the scripted operator takes over in an episode")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto",
+                    help="learner device: auto (CUDA when available), cpu, cuda, cuda:N")
     a = ap.parse_args(argv)
 
     out = Path(a.out or f"runs/sim_finetune/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
@@ -282,7 +284,8 @@ def sim_finetune_main(argv: list[str]) -> int:
                                           "ROS_LOG_DIR", "FASTDDS_DEFAULT_PROFILES_FILE")})
     opt = GraphOptions(mode="sim", checkpoint=str(checkpoint), record=True,
                        bag_path=str(out / "bag"), operator="scripted",
-                       output_dir=str(out / "learner"), extra_params_file=str(params))
+                       output_dir=str(out / "learner"), extra_params_file=str(params),
+                       learner_device=a.device)
     shm_before = _shm_files()
     rec = RunRecord()
     stop = {"flag": False}

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ import torch
 from drqv2_ros.acting.weights import WeightsPacket
 from drqv2_ros.learning.device import describe_device
 from drqv2_ros.learning.device_replay import DeviceReplay, mirror_bytes
+from drqv2_ros.learning.intake import StepIntake
 from drqv2_ros.learning.learner import DrQV2Learner
 from drqv2_ros.learning.replay_buffer import MixedReplay, ReplayBuffer
 from drqv2_ros.observation.step_record import StepRecord
@@ -69,6 +70,8 @@ class TrainingConfig:
     compile: bool = param(False, "torch.compile the networks (opt-in; first updates slower)")
     cuda_graphs: bool = param(True, "on CUDA, replay the update as one CUDA graph (same fp32 "
                                     "kernels, no per-kernel launch cost)")
+    max_staged_steps: int = param(2000, "per actor: steps held in memory while another "
+                                        "actor's episode is being written (several actors)")
     replay_on_device: str = param("auto", "keep the replay frames on the GPU and gather "
                                           "batches there: auto (CUDA and the rings fit in "
                                           "half the free GPU memory), on, off")
@@ -76,13 +79,33 @@ class TrainingConfig:
 
 @dataclass
 class Counters:
-    received: int = 0
-    stored: int = 0
-    interventions: int = 0
-    episodes: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
+    """Learner-side counters; the step counts are the intake's, summed over actors."""
+
+    intake: StepIntake
     updates: int = 0
     weights_version: int = 0
+
+    @property
+    def received(self) -> int:
+        return self.intake.totals.received
+
+    @property
+    def stored(self) -> int:
+        return self._stored
+
+    @property
+    def interventions(self) -> int:
+        return self.intake.totals.interventions
+
+    @property
+    def episodes(self) -> int:
+        return self.intake.totals.episodes
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        return self.intake.totals.dropped
+
+    _stored: int = 0  # kept here (read on every loop turn), advanced by the intake
 
 
 class TrainingLoop:
@@ -116,9 +139,10 @@ class TrainingLoop:
         self.spec = spec
         self.device_replay = self._device_replay(replay_mode)
         self.run_id = uuid.uuid4().hex[:12]
-        self.counters = Counters()
-        self._queue: queue.Queue[StepRecord] = queue.Queue()
-        self._episode_open = False
+        self.intake = StepIntake(self.replay, max_staged_steps=cfg.max_staged_steps,
+                                 on_stored=self._on_stored)
+        self.counters = Counters(self.intake)
+        self._queue: queue.Queue[tuple[str, StepRecord]] = queue.Queue()
         self._last_metrics: Mapping[str, float] = {}
         self._t_update_window: list[float] = []
         self._writer = None
@@ -150,44 +174,21 @@ class TrainingLoop:
                 f"{', compiled' if self.learner.compiled else ''}, {replay}{note}")
 
     # -- input (any thread) -----------------------------------------------------------------
-    def submit(self, record: StepRecord) -> None:
-        self._queue.put(record)
+    def submit(self, record: StepRecord, actor: str = "") -> None:
+        """A step of ``actor``'s stream (any thread); stored by the training thread."""
+        self._queue.put((actor, record))
 
-    def _drop(self, reason: str) -> None:
-        self.counters.dropped[reason] = self.counters.dropped.get(reason, 0) + 1
-
-    def _store(self, r: StepRecord) -> None:
-        self.counters.received += 1
-        if r.is_first:
-            if self._episode_open:  # the previous episode never got its last step
-                self.replay.online.end_episode()
-                if self.replay.offline.episode_open:
-                    self.replay.offline.end_episode()
-            self._episode_open = True
-        elif not self._episode_open:
-            return self._drop("mid-episode step (waiting for the next episode start)")
-        try:
-            self.replay.add_step_routed(
-                r.images, r.low_dim, None if r.is_first else r.action, r.reward,
-                is_first=r.is_first, is_last=r.is_last, terminated=r.terminated,
-                is_intervention=r.is_intervention, is_demo=r.is_demo)
-        except ValueError as exc:
-            self._episode_open = False
-            return self._drop(f"refused by the replay buffer: {exc}")
-        self.counters.stored += 1
-        self.counters.interventions += int(r.is_intervention)
-        if r.is_last:
-            self._episode_open = False
-            self.counters.episodes += 1
+    def _on_stored(self, record: StepRecord) -> None:
+        self.counters._stored += 1
 
     def drain(self, timeout: float = 0.0) -> int:
         n = 0
         try:
-            r = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             while True:
-                self._store(r)
+                self.intake.add(item[1], item[0])
                 n += 1
-                r = self._queue.get_nowait()
+                item = self._queue.get_nowait()
         except queue.Empty:
             pass
         return n
@@ -251,6 +252,13 @@ class TrainingLoop:
             for k, v in m.items():
                 if np.isfinite(v):
                     self._writer.add_scalar(f"learner/{k}", v, self.counters.updates)
+            for actor, c in self.intake.counts().items():
+                name = actor.strip("/").replace("/", "_") or "default"
+                for k in ("received", "stored", "episodes", "staged"):
+                    self._writer.add_scalar(f"actors/{name}/{k}", getattr(c, k),
+                                            self.counters.updates)
+                self._writer.add_scalar(f"actors/{name}/dropped", sum(c.dropped.values()),
+                                        self.counters.updates)
             self._writer.flush()
         return m
 

@@ -35,6 +35,8 @@ class LearnerParams(TrainingConfig):
                                 "('' = output_dir/checkpoints/last)")
     demo_bags: list = param([""], "rosbag2 bags to seed the offline buffer")
     torch_threads: int = param(0, "torch intra-op threads (0 = torch default)")
+    actor_namespaces: list = param([""], "one actor per namespace: <ns>/step in, weights out "
+                                         "on <ns>/policy_weights ('' = this node's namespace)")
 
 
 class LearnerNode(Node):
@@ -57,10 +59,15 @@ class LearnerNode(Node):
             summary = ingest_into_replay(bags, self.loop.replay.offline, self.loop.out)
             self.get_logger().info(f"demo bags: {summary}")
         self.malformed = 0
-        self.weights_pub = self.create_publisher(PolicyWeights, "policy_weights", WEIGHTS_QOS)
+        self.actors = actor_topics(p.actor_namespaces)
+        self.weights_pubs = [self.create_publisher(PolicyWeights, weights, WEIGHTS_QOS)
+                             for _key, _step, weights in self.actors]
         self.metrics_pub = self.create_publisher(TrainingMetrics, "learner/metrics",
                                                  reliable_qos(10))
-        self.create_subscription(Step, "step", self._on_step, reliable_qos(100))
+        for key, step_topic, _weights in self.actors:
+            self.create_subscription(Step, step_topic,
+                                     lambda msg, key=key: self._on_step(msg, key),
+                                     reliable_qos(100))
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self.loop.run, args=(self._stop, self._publish_weights, self._publish_metrics),
@@ -72,15 +79,15 @@ class LearnerNode(Node):
             f"{len(self.loop.replay.online)} / offline {len(self.loop.replay.offline)} "
             "transitions on disk)")
 
-    def _on_step(self, msg: Step) -> None:
+    def _on_step(self, msg: Step, actor: str) -> None:
         try:
             record = from_msg(msg, **self._shapes)
         except StepFormatError as exc:
             self.malformed += 1
-            self.get_logger().warning(f"dropped malformed step: {exc}",
+            self.get_logger().warning(f"dropped malformed step from actor {actor!r}: {exc}",
                                       throttle_duration_sec=5.0)
             return
-        self.loop.submit(record)
+        self.loop.submit(record, actor)
 
     def _publish_weights(self, packet) -> None:
         msg = PolicyWeights()
@@ -88,7 +95,8 @@ class LearnerNode(Node):
         msg.version, msg.learner_step = packet.version, packet.learner_step
         msg.run_id, msg.sha256 = packet.run_id, packet.sha256
         msg.data = packet.data
-        publish_quietly(self.weights_pub, msg)
+        for pub in self.weights_pubs:  # every actor gets the same weights
+            publish_quietly(pub, msg)
 
     def _publish_metrics(self, m: dict) -> None:
         msg = TrainingMetrics()
@@ -100,12 +108,32 @@ class LearnerNode(Node):
         msg.online_size, msg.offline_size = int(m["online_size"]), int(m["offline_size"])
         msg.transitions_received = int(m["transitions_received"])
         msg.weights_version = int(m["weights_version"])
+        counts = self.loop.intake.counts()
+        msg.actors = list(counts)
+        msg.actor_steps_received = [c.received for c in counts.values()]
+        msg.actor_steps_stored = [c.stored for c in counts.values()]
+        msg.actor_steps_dropped = [sum(c.dropped.values()) for c in counts.values()]
+        msg.actor_steps_staged = [c.staged for c in counts.values()]
+        msg.actor_episodes = [c.episodes for c in counts.values()]
         publish_quietly(self.metrics_pub, msg)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=60)
         self.loop.close()
+
+
+def actor_topics(namespaces: list[str]) -> list[tuple[str, str, str]]:
+    """(actor key, step topic, weights topic) per actor namespace; duplicates refused."""
+    out, seen = [], set()
+    for ns in namespaces or [""]:
+        key = str(ns).strip().rstrip("/")
+        if key in seen:
+            raise ValueError(f"actor_namespaces lists {ns!r} twice")
+        seen.add(key)
+        prefix = f"{key}/" if key else ""
+        out.append((key, f"{prefix}step", f"{prefix}policy_weights"))
+    return out
 
 
 def main(args=None) -> int:

@@ -1,0 +1,209 @@
+"""Steps of several actors into one learner's replay, episodes kept apart.
+
+ROS-free. The replay ring (``learning/replay_buffer.py``) rebuilds frame stacks and n-step
+returns from consecutive steps of one episode, so an episode must be written contiguously.
+Several actors (robots, sim drivers) stream their episodes at the same time; writing their
+steps in arrival order would interleave them and fabricate transitions across actors.
+
+:class:`StepIntake` keeps them apart: one actor at a time *holds* the ring and its steps are
+written as they arrive (a single actor always holds it, so its steps are stored at once, as
+before); the steps of the other actors' episodes are *staged* in memory, in order, and
+written whole (and then live) as soon as the ring is free, oldest staged episode first. So
+every transition, its frame stack and its n-step return come from one episode of one actor.
+
+Staging is bounded (``max_staged_steps`` per actor, frames of one step each): past that the
+actor's episode is cut (closed as a truncation at its last staged step, which stays
+sampleable with bootstrapping) and the rest of that episode is dropped, counted under
+"staging full". Any episode cut short (a new first step while it was open) is closed the
+same way; nothing is stitched across a gap. Every dropped step is counted per actor with its
+reason.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from drqv2_ros.learning.replay_buffer import MixedReplay
+from drqv2_ros.observation.step_record import StepRecord
+
+__all__ = ["ActorCounts", "StepIntake"]
+
+
+@dataclass
+class ActorCounts:
+    """What the learner did with one actor's steps."""
+
+    received: int = 0
+    stored: int = 0
+    interventions: int = 0
+    episodes: int = 0  # episodes whose last step was stored (cut ones included)
+    staged: int = 0  # steps waiting for the ring now
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+
+@dataclass
+class _Episode:
+    steps: list[StepRecord] = field(default_factory=list)
+    complete: bool = False  # its last step arrived, or it was cut
+
+
+@dataclass
+class _Actor:
+    counts: ActorCounts = field(default_factory=ActorCounts)
+    staged: collections.deque[_Episode] = field(default_factory=collections.deque)
+    open: bool = False  # an episode of this actor is in progress (staged or live)
+    skipping: bool = False  # drop until the next first step (after a cut)
+
+
+class StepIntake:
+    """Assembles the step streams of any number of actors into ``replay``.
+
+    ``on_stored(record)`` is called for every step written to the ring (the learner counts
+    its update-to-data ratio on these).
+    """
+
+    def __init__(self, replay: MixedReplay, *, max_staged_steps: int = 2000,
+                 on_stored: Callable[[StepRecord], None] | None = None) -> None:
+        if int(max_staged_steps) < 1:
+            raise ValueError(f"max_staged_steps must be >= 1, got {max_staged_steps}")
+        self.replay = replay
+        self.max_staged_steps = int(max_staged_steps)
+        self.on_stored = on_stored
+        self.actors: dict[str, _Actor] = {}
+        self._holder: str | None = None  # actor whose episode is open in the ring
+        self._order: collections.deque[str] = collections.deque()  # who staged first
+
+    # ------------------------------------------------------------------ input
+    def add(self, record: StepRecord, actor: str = "") -> None:
+        """One step of ``actor``'s stream (any thread-safe caller order per actor)."""
+        a = self.actors.setdefault(actor, _Actor())
+        a.counts.received += 1
+        if record.is_first:
+            if a.open:  # the previous episode never got its last step: cut it there
+                self._cut(actor, a)
+            a.open, a.skipping = True, False
+        elif a.skipping:
+            return a.counts.drop("after a cut episode (waiting for the next episode start)")
+        elif not a.open:
+            return a.counts.drop("mid-episode step (waiting for the next episode start)")
+        self._pump()  # a free ring goes to the oldest staged episode first
+        if self._holder is None and not a.staged:
+            self._holder = actor
+        if self._holder == actor:
+            self._write(actor, a, record, current=True)
+        else:
+            self._stage(actor, a, record)
+        self._pump()
+
+    # ------------------------------------------------------------------ ring access
+    def _write(self, actor: str, a: _Actor, r: StepRecord, *, current: bool) -> bool:
+        """Write one step of the ring holder ``actor``; ``current``: it belongs to the
+        actor's episode in progress (not an older staged one). False if refused."""
+        try:
+            self.replay.add_step_routed(
+                r.images, r.low_dim, None if r.is_first else r.action, r.reward,
+                is_first=r.is_first, is_last=r.is_last, terminated=r.terminated,
+                is_intervention=r.is_intervention, is_demo=r.is_demo)
+        except ValueError as exc:
+            a.counts.drop(f"refused by the replay buffer: {exc}")
+            if not r.is_first:
+                a.counts.episodes += 1  # closed below at its last stored step
+            self._close_ring()
+            if current:
+                a.open, a.skipping = False, not r.is_last
+            return False
+        a.counts.stored += 1
+        a.counts.interventions += int(r.is_intervention)
+        if self.on_stored is not None:
+            self.on_stored(r)
+        if r.is_last:
+            a.counts.episodes += 1
+            self._holder = None
+            if current:
+                a.open = False
+        return True
+
+    def _close_ring(self) -> None:
+        """End the episode open in the ring as a truncation at its last stored step."""
+        if self.replay.online.episode_open:
+            self.replay.online.end_episode()
+        if self.replay.offline.episode_open:
+            self.replay.offline.end_episode()
+        self._holder = None
+
+    def _cut(self, actor: str, a: _Actor) -> None:
+        """Close ``actor``'s open episode where it stands (truncated, never stitched)."""
+        if self._holder == actor:
+            self._close_ring()
+            a.counts.episodes += 1
+        elif a.staged and not a.staged[-1].complete:
+            a.staged[-1].complete = True
+        a.open = False
+
+    def _stage(self, actor: str, a: _Actor, r: StepRecord) -> None:
+        if a.counts.staged >= self.max_staged_steps:
+            a.counts.drop("staging full (another actor held the replay ring too long)")
+            self._cut(actor, a)
+            a.skipping = not r.is_last
+            return
+        if r.is_first or not a.staged or a.staged[-1].complete:
+            a.staged.append(_Episode())
+            if actor not in self._order:
+                self._order.append(actor)
+        ep = a.staged[-1]
+        ep.steps.append(r)
+        a.counts.staged += 1
+        if r.is_last:
+            ep.complete = True
+            a.open = False
+
+    def _pump(self) -> None:
+        """While the ring is free, write staged episodes (oldest actor first); an episode
+        still in progress is written so far and its actor then holds the ring."""
+        while self._holder is None and self._order:
+            actor = self._order[0]
+            a = self.actors[actor]
+            if not a.staged:
+                self._order.popleft()
+                continue
+            ep = a.staged.popleft()
+            a.counts.staged -= len(ep.steps)
+            current = not ep.complete  # the actor's episode in progress
+            self._holder = actor
+            for i, r in enumerate(ep.steps):
+                if not self._write(actor, a, r, current=current):
+                    for _ in ep.steps[i + 1:]:
+                        a.counts.drop("after a refused step of the same episode")
+                    break
+            if ep.complete and self._holder == actor:  # cut while staged: close it here
+                self._close_ring()
+                a.counts.episodes += 1
+            if self._holder == actor:  # in progress: live from now on
+                return
+            self._order.popleft()
+            if a.staged:
+                self._order.append(actor)
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def totals(self) -> ActorCounts:
+        """The counts summed over actors."""
+        t = ActorCounts()
+        for a in self.actors.values():
+            c = a.counts
+            t.received += c.received
+            t.stored += c.stored
+            t.interventions += c.interventions
+            t.episodes += c.episodes
+            t.staged += c.staged
+            for k, v in c.dropped.items():
+                t.dropped[k] = t.dropped.get(k, 0) + v
+        return t
+
+    def counts(self) -> dict[str, ActorCounts]:
+        return {k: a.counts for k, a in self.actors.items()}
