@@ -14,7 +14,8 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from drqv2_ros.bringup.graph import GraphOptions, build_graph
+from drqv2_ros.bringup.dds import graph_environment
+from drqv2_ros.bringup.graph import GraphOptions, build_graph, parse_nodes
 
 ARGUMENTS = (
     ("mode", "sim", "sim (MuJoCo SO-101) or real (Feetech arm + camera)"),
@@ -31,6 +32,8 @@ ARGUMENTS = (
     ("output_dir", "", "learner output directory"),
     ("learner_device", "", "learner device: auto (CUDA when available), cpu, cuda, cuda:N "
                            "('' = config/learner.yaml)"),
+    ("nodes", "", "start only these nodes, comma-separated ('' = all), e.g. learner"),
+    ("peer", "", "the other host of a two-host graph (IP or name): DDS profile for it"),
 )
 
 
@@ -46,8 +49,13 @@ def _nodes(context, *args, **kwargs):
         record=_truthy(get("record")), bag_path=get("bag"),
         demo_mode=_truthy(get("demo_mode")), learner=_truthy(get("learner")),
         operator=get("operator"), output_dir=get("output_dir"),
-        extra_params_file=get("params_file"), learner_device=get("learner_device"))
+        extra_params_file=get("params_file"), learner_device=get("learner_device"),
+        nodes=parse_nodes(get("nodes")), peer=get("peer"))
     config_dir = os.path.join(get_package_share_directory("drqv2_ros"), "config")
+    # Both Fast DDS profile variables (2.x and 3.x read different ones): the shipped
+    # one-machine profile unless the user set their own; with a peer, a two-host profile.
+    env = graph_environment(os.environ, peer=opt.peer,
+                            default_profile=os.path.join(config_dir, "fastdds_profile.xml"))
     actions = []
     for spec in build_graph(opt):
         params = [os.path.join(config_dir, f) for f in spec.params_files]
@@ -57,7 +65,7 @@ def _nodes(context, *args, **kwargs):
         actions.append(Node(
             package=spec.package, executable=spec.executable, name=spec.name,
             namespace=opt.namespace, parameters=params, output="screen", emulate_tty=True,
-            ros_arguments=["--log-level", opt.log_level]))
+            ros_arguments=["--log-level", opt.log_level], additional_env=env))
     return actions
 
 

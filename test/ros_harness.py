@@ -33,6 +33,7 @@ def ros_environment(domain_id: int, log_dir: Path) -> dict[str, str]:
         HOME=env.get("HOME", str(log_dir)),
         AMENT_PREFIX_PATH=sys.prefix,
         FASTDDS_DEFAULT_PROFILES_FILE=str(ROOT / "config" / "fastdds_profile.xml"),
+        FASTRTPS_DEFAULT_PROFILES_FILE=str(ROOT / "config" / "fastdds_profile.xml"),
         MUJOCO_GL=env.get("MUJOCO_GL", "egl"),
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
@@ -90,7 +91,8 @@ class Probe:
 
     def __init__(self, env: dict[str, str], name: str = "probe"):
         for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR",
-                  "FASTDDS_DEFAULT_PROFILES_FILE", "AMENT_PREFIX_PATH"):
+                  "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE",
+                  "AMENT_PREFIX_PATH"):
             os.environ[k] = env[k]
         import rclpy
         from rclpy.executors import SingleThreadedExecutor

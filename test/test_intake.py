@@ -147,3 +147,34 @@ def test_mid_episode_steps_of_a_new_actor_are_counted_and_dropped(tmp_path):
     assert intake.counts()["late"].dropped == {
         "mid-episode step (waiting for the next episode start)": 1}
     assert intake.totals.dropped == intake.counts()["late"].dropped
+
+
+def test_gaps_duplicates_and_foreign_episodes_are_never_stitched(tmp_path):
+    """The stream check: a lost run of steps is counted as lost and closes the episode at
+    its last good step; a duplicate is dropped; a step of a later episode while one is open
+    (its end and the next start were lost) closes the open one; nothing is fabricated."""
+    replay = make_replay(tmp_path)
+    intake = StepIntake(replay)
+    for k in range(5):
+        intake.add(step(0, 0, k, False))
+    intake.add(step(0, 0, 4, False))  # duplicate
+    intake.add(step(0, 0, 8, False))  # 5, 6, 7 lost
+    intake.add(step(0, 0, 9, True))  # rest of the cut episode: dropped
+    for k in range(4):
+        intake.add(step(0, 1, k, False))
+    intake.add(step(0, 3, 6, False))  # episode 1's end and episode 2 entirely lost
+    for k in range(3):
+        intake.add(step(0, 4, k, k == 2))
+    c = intake.counts()[""]
+    assert c.lost == 3 and c.lost_episodes == 1  # episode 2: not one step of it came
+    assert c.dropped == {
+        "duplicate or reordered step": 1,
+        "after a gap in the stream (episode closed at its last step)": 2,
+        "after a cut episode (waiting for the next episode start)": 1}
+    assert c.stored == 5 + 4 + 3 and c.episodes == 3
+    assert c.received == c.stored + sum(c.dropped.values())
+    steps = [replay.online.read_step(i) for i in range(replay.online.total_steps_added)]
+    ends = [(int(s["low_dim"][1]), int(s["low_dim"][2])) for s in steps if s["is_last"]]
+    assert ends == [(0, 4), (1, 3), (4, 2)]  # each closed at its last good step
+    assert [s["terminated"] for s in steps if s["is_last"]] == [False, False, True]
+    check_transitions(replay.online.sample(200, np.random.default_rng(3)))

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from ros_harness import ROOT, NodeProcess, allocate_domain_id, ros_environment, wait_for
+from ros_harness import ROOT, NodeProcess, wait_for
 
 from drqv2_ros.learning.replay_buffer import ReplayBuffer
 from drqv2_ros.observation.step_record import StepRecord, to_msg
@@ -43,9 +43,10 @@ def step(actor: int, ep: int, k: int, last: bool) -> StepRecord:
 
 
 def test_two_actors_one_learner(tmp_path, probe, ros_env):
+    from sensor_msgs.msg import Image
+
     from drqv2_ros.msg import PolicyWeights, Step, TrainingMetrics
     from drqv2_ros.nodes.common import WEIGHTS_QOS, reliable_qos
-    from sensor_msgs.msg import Image
 
     ckpt = make_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "learner"

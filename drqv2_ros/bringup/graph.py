@@ -32,6 +32,8 @@ class GraphOptions:
     extra_params_file: str = ""       # a user YAML applied after the defaults
     learner_device: str = ""          # learner's torch device ("" = config/learner.yaml's,
     #                                   auto: CUDA when available; cpu; cuda; cuda:N)
+    nodes: tuple[str, ...] = ()       # start only these (e.g. ("learner",) on a GPU host)
+    peer: str = ""                    # the other host of a two-host graph (IP or name)
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,24 @@ class NodeSpec:
 
 
 def build_graph(opt: GraphOptions) -> list[NodeSpec]:
-    """The node list for these options (the single source of truth)."""
+    """The node list for these options (the single source of truth); with ``opt.nodes``
+    only those (each must be a node of the full graph)."""
+    nodes = _full_graph(opt)
+    if not opt.nodes:
+        return nodes
+    names = [n.name for n in nodes]
+    unknown = [n for n in opt.nodes if n not in names]
+    if unknown:
+        raise ValueError(f"nodes {unknown} are not in this graph (it has {names})")
+    return [n for n in nodes if n.name in opt.nodes]
+
+
+def parse_nodes(text: str) -> tuple[str, ...]:
+    """``"learner"`` / ``"so101_driver,policy"`` -> node names ('' = all)."""
+    return tuple(n.strip() for n in str(text).replace(" ", ",").split(",") if n.strip())
+
+
+def _full_graph(opt: GraphOptions) -> list[NodeSpec]:
     if opt.mode not in ("sim", "real"):
         raise ValueError(f"mode must be 'sim' or 'real', got {opt.mode!r}")
     common = {"use_sim_time": opt.use_sim_time}

@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from drqv2_ros.bringup.graph import GraphOptions, NodeSpec, build_graph
+from drqv2_ros.bringup.dds import graph_environment
+from drqv2_ros.bringup.graph import GraphOptions, NodeSpec, build_graph, parse_nodes
 from drqv2_ros.bringup.paths import config_file
 from drqv2_ros.executables import EXECUTABLES
 
@@ -64,6 +65,8 @@ class GraphProcesses:
         self.opt = opt
         self.log_dir = log_dir
         self.env = dict(os.environ if env is None else env)
+        self.env.update(graph_environment(self.env, peer=opt.peer,
+                                          default_profile=config_file("fastdds_profile.xml")))
         self.env.setdefault("OMP_NUM_THREADS", "1")
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.running: list[Running] = []
@@ -129,6 +132,12 @@ def add_graph_arguments(ap: argparse.ArgumentParser) -> None:
                     default="joy")
     ap.add_argument("--output-dir", default="", help="learner output directory")
     ap.add_argument("--params-file", default="", help="extra parameters YAML (applied last)")
+    ap.add_argument("--nodes", default="",
+                    help="start only these nodes, comma-separated (e.g. 'learner' on the GPU "
+                         "host, 'so101_driver,camera,policy,teleop,joy_node' on the robot)")
+    ap.add_argument("--peer", default="",
+                    help="the other host of a two-host graph (IP or name): loads a DDS "
+                         "profile for it (unicast discovery, 1400-byte UDP datagrams)")
     ap.add_argument("--learner-device", default="",
                     help="learner device: auto (CUDA when available), cpu, cuda, cuda:N "
                          "(default: config/learner.yaml's, auto)")
@@ -139,7 +148,8 @@ def options_from_args(a: argparse.Namespace) -> GraphOptions:
                         use_sim_time=a.use_sim_time, log_level=a.log_level, record=a.record,
                         bag_path=a.bag, demo_mode=a.demo_mode, learner=not a.no_learner,
                         operator=a.operator, output_dir=a.output_dir,
-                        extra_params_file=a.params_file, learner_device=a.learner_device)
+                        extra_params_file=a.params_file, learner_device=a.learner_device,
+                        nodes=parse_nodes(a.nodes), peer=a.peer)
 
 
 def launcher_main(argv: list[str]) -> int:
@@ -161,6 +171,9 @@ def launcher_main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    if a.peer:
+        print(f"two-host DDS profile for peer {a.peer}: "
+              f"{graph.env['FASTRTPS_DEFAULT_PROFILES_FILE']}")
     graph.start()
     for s in graph.skipped:
         print(f"drqv2-ros launch: not started ({s}); install it or pick another --operator",

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from drqv2_ros.bringup.dds import PROFILE_VARS, profile_environment
 from drqv2_ros.bringup.graph import GraphOptions
 from drqv2_ros.bringup.launcher import GraphProcesses
 from drqv2_ros.bringup.paths import config_file
@@ -74,9 +75,10 @@ def _ros_env(out: Path, domain_id: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                ROS_LOG_DIR=str(out / "ros_logs"), HOME=env.get("HOME", str(out)),
-               FASTDDS_DEFAULT_PROFILES_FILE=str(config_file("fastdds_profile.xml")),
                MUJOCO_GL=env.get("MUJOCO_GL", "egl"), OMP_NUM_THREADS="1",
                PYTHONUNBUFFERED="1")
+    # the run's own one-machine profile, for Fast DDS 2.x and 3.x alike
+    env.update(profile_environment(env, config_file("fastdds_profile.xml"), override=True))
     env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
     return env
 
@@ -135,7 +137,7 @@ class Monitor:
         from std_msgs.msg import String
 
         from drqv2_ros.msg import Step, TrainingMetrics
-        from drqv2_ros.nodes.common import reliable_qos
+        from drqv2_ros.nodes.common import STEP_QOS, reliable_qos
 
         # Ctrl-C is ours: it must stop the graph in order and still write the report.
         rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
@@ -148,7 +150,7 @@ class Monitor:
         self.node.create_subscription(String, "policy/status", self._on_status, reliable_qos(10))
         self.node.create_subscription(TrainingMetrics, "learner/metrics", self._on_metrics,
                                       reliable_qos(10))
-        self.node.create_subscription(Step, "step", self._on_step, reliable_qos(100))
+        self.node.create_subscription(Step, "step", self._on_step, STEP_QOS)
         self._swap_future = None
 
     def _on_status(self, msg) -> None:
@@ -281,7 +283,7 @@ def sim_finetune_main(argv: list[str]) -> int:
     domain_id = 1 + random.SystemRandom().randrange(100)
     env = _ros_env(out, domain_id)
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE",
-                                          "ROS_LOG_DIR", "FASTDDS_DEFAULT_PROFILES_FILE")})
+                                          "ROS_LOG_DIR", *PROFILE_VARS)})
     opt = GraphOptions(mode="sim", checkpoint=str(checkpoint), record=True,
                        bag_path=str(out / "bag"), operator="scripted",
                        output_dir=str(out / "learner"), extra_params_file=str(params),

@@ -11,6 +11,13 @@ before); the steps of the other actors' episodes are *staged* in memory, in orde
 written whole (and then live) as soon as the ring is free, oldest staged episode first. So
 every transition, its frame stack and its n-step return come from one episode of one actor.
 
+Each actor's stream is checked for continuity (the Step's episode number and index): a
+duplicate or reordered step is dropped; a gap inside an episode (steps lost on the way: a
+link cut longer than DDS could cover, a learner paused past its history) closes the episode
+as a truncation at the last good step, counts the missing steps as *lost* and drops the rest
+of that episode; a step of another episode while one is open (its end was lost) closes the
+open one likewise. Nothing is ever stitched across a gap.
+
 Staging is bounded (``max_staged_steps`` per actor, frames of one step each): past that the
 actor's episode is cut (closed as a truncation at its last staged step, which stays
 sampleable with bootstrapping) and the rest of that episode is dropped, counted under
@@ -40,6 +47,8 @@ class ActorCounts:
     interventions: int = 0
     episodes: int = 0  # episodes whose last step was stored (cut ones included)
     staged: int = 0  # steps waiting for the ring now
+    lost: int = 0  # steps that never arrived (index gaps inside an episode)
+    lost_episodes: int = 0  # episode numbers skipped by the stream
     dropped: dict[str, int] = field(default_factory=dict)
 
     def drop(self, reason: str) -> None:
@@ -58,6 +67,8 @@ class _Actor:
     staged: collections.deque[_Episode] = field(default_factory=collections.deque)
     open: bool = False  # an episode of this actor is in progress (staged or live)
     skipping: bool = False  # drop until the next first step (after a cut)
+    last: tuple[int, int] | None = None  # (episode, index) of the last accepted step
+    seen_episode: int | None = None  # highest episode number seen in the stream
 
 
 class StepIntake:
@@ -83,14 +94,32 @@ class StepIntake:
         """One step of ``actor``'s stream (any thread-safe caller order per actor)."""
         a = self.actors.setdefault(actor, _Actor())
         a.counts.received += 1
+        ep, k = int(record.episode), int(record.index)
+        if a.seen_episode is not None and ep > a.seen_episode + 1:
+            a.counts.lost_episodes += ep - a.seen_episode - 1  # never saw a step of them
+        if a.seen_episode is None or ep > a.seen_episode:
+            a.seen_episode = ep
         if record.is_first:
+            if a.last is not None and a.last[0] == ep and (a.open or a.skipping):
+                return a.counts.drop("duplicate step (episode already started)")
             if a.open:  # the previous episode never got its last step: cut it there
                 self._cut(actor, a)
             a.open, a.skipping = True, False
+        elif a.last is not None and a.last[0] == ep and k <= a.last[1]:
+            return a.counts.drop("duplicate or reordered step")
         elif a.skipping:
             return a.counts.drop("after a cut episode (waiting for the next episode start)")
         elif not a.open:
             return a.counts.drop("mid-episode step (waiting for the next episode start)")
+        elif a.last is not None and (a.last[0] != ep or k != a.last[1] + 1):
+            if a.last[0] == ep:
+                a.counts.lost += k - a.last[1] - 1
+            # else: the open episode's end and this one's start never arrived
+            a.counts.drop("after a gap in the stream (episode closed at its last step)")
+            self._cut(actor, a)
+            a.skipping = not record.is_last
+            return
+        a.last = (ep, k)
         self._pump()  # a free ring goes to the oldest staged episode first
         if self._holder is None and not a.staged:
             self._holder = actor
@@ -201,6 +230,8 @@ class StepIntake:
             t.interventions += c.interventions
             t.episodes += c.episodes
             t.staged += c.staged
+            t.lost += c.lost
+            t.lost_episodes += c.lost_episodes
             for k, v in c.dropped.items():
                 t.dropped[k] = t.dropped.get(k, 0) + v
         return t

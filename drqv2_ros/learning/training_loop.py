@@ -254,7 +254,7 @@ class TrainingLoop:
                     self._writer.add_scalar(f"learner/{k}", v, self.counters.updates)
             for actor, c in self.intake.counts().items():
                 name = actor.strip("/").replace("/", "_") or "default"
-                for k in ("received", "stored", "episodes", "staged"):
+                for k in ("received", "stored", "episodes", "staged", "lost"):
                     self._writer.add_scalar(f"actors/{name}/{k}", getattr(c, k),
                                             self.counters.updates)
                 self._writer.add_scalar(f"actors/{name}/dropped", sum(c.dropped.values()),

@@ -51,6 +51,13 @@ def reliable_qos(depth: int = 10) -> QoSProfile:
     )
 
 
+#: Actor -> learner steps: reliable, and a history long enough to carry a minute of steps at
+#: 10 Hz (about 15 MB of 84x84 frames) through a pause of the learner or a cut network link:
+#: DDS re-sends what the learner did not acknowledge once it is reachable again.
+STEP_HISTORY = 600
+STEP_QOS = reliable_qos(STEP_HISTORY)
+
+
 _PTYPES = {
     bool: ParameterType.PARAMETER_BOOL,
     int: ParameterType.PARAMETER_INTEGER,

@@ -17,6 +17,7 @@ from drqv2_ros.learning.learner import keep_freed_memory
 from drqv2_ros.learning.training_loop import TrainingConfig, TrainingLoop
 from drqv2_ros.msg import PolicyWeights, Step, TrainingMetrics
 from drqv2_ros.nodes.common import (
+    STEP_QOS,
     WEIGHTS_QOS,
     declare_parameters,
     param,
@@ -67,7 +68,7 @@ class LearnerNode(Node):
         for key, step_topic, _weights in self.actors:
             self.create_subscription(Step, step_topic,
                                      lambda msg, key=key: self._on_step(msg, key),
-                                     reliable_qos(100))
+                                     STEP_QOS)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self.loop.run, args=(self._stop, self._publish_weights, self._publish_metrics),
@@ -114,6 +115,7 @@ class LearnerNode(Node):
         msg.actor_steps_stored = [c.stored for c in counts.values()]
         msg.actor_steps_dropped = [sum(c.dropped.values()) for c in counts.values()]
         msg.actor_steps_staged = [c.staged for c in counts.values()]
+        msg.actor_steps_lost = [c.lost for c in counts.values()]
         msg.actor_episodes = [c.episodes for c in counts.values()]
         publish_quietly(self.metrics_pub, msg)
 

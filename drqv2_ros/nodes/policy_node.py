@@ -38,6 +38,7 @@ from drqv2_ros.msg import (
 )
 from drqv2_ros.nodes.common import (
     SENSOR_QOS,
+    STEP_QOS,
     WEIGHTS_QOS,
     ImageFormatError,
     declare_parameters,
@@ -119,7 +120,8 @@ class PolicyNode(Node):
         self.last_hot_swap = ""
 
         self.cmd_pub = self.create_publisher(EndEffectorCommand, "ee_command", reliable_qos(1))
-        self.step_pub = self.create_publisher(Step, "step", reliable_qos(100))
+        self.step_pub = self.create_publisher(Step, "step", STEP_QOS)
+        self.steps_published = 0
         self.status_pub = self.create_publisher(String, "policy/status", reliable_qos(10))
         # Episodes that end by truncation are announced like the operator's events, so every
         # node (scripted operator, recorder, monitors) sees the same episode boundaries.
@@ -291,6 +293,7 @@ class PolicyNode(Node):
             del self.latencies_ms[:-1000]
         if res.step is not None:
             self.step_pub.publish(to_msg(res.step, Step, Image))
+            self.steps_published += 1
         if res.request_reset:
             if res.end_reason == "timeout":
                 ev = EpisodeEvent(event=EpisodeEvent.TIMEOUT, source="policy")
@@ -363,6 +366,7 @@ class PolicyNode(Node):
             "latency_ms_p99": float(np.percentile(lat, 99)),
             "pid": os.getpid(), "missed_ticks": self.missed_ticks,
             "hot_swaps": self.hot_swaps, "last_hot_swap": self.last_hot_swap,
+            "steps_published": self.steps_published,
             "max_tick_gap_ms": 1000.0 * self._max_gap,
         }
         self._max_gap = 0.0
