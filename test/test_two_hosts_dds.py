@@ -22,7 +22,7 @@ pytest.importorskip("mujoco")
 import netns_link
 from ros_harness import ROOT, allocate_domain_id, ros_environment
 
-from drqv2_ros.bringup.dds import write_two_host_profile, peer_environment
+from drqv2_ros.bringup.dds import peer_environment, write_two_host_profile
 from drqv2_ros.convert.robobase import convert_snapshot, make_robobase_snapshot
 
 pytestmark = [pytest.mark.dds, pytest.mark.slow]
