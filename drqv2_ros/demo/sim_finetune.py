@@ -37,7 +37,10 @@ NODES = ("so101_driver", "policy", "learner", "teleop", "scripted_operator", "re
 def _demo_params(a) -> dict:
     """Overrides for a short CPU run (written to <out>/params.yaml, applied last)."""
     return {
-        "policy": {"ros__parameters": {"max_episode_steps": a.episode_steps}},
+        # The sim renders its 640x480 wrist camera on the same CPU cores as everything else
+        # (55-140 ms a frame on 2 cores): allow older frames than on the robot (0.25 s).
+        "policy": {"ros__parameters": {"max_episode_steps": a.episode_steps,
+                                       "max_obs_age_s": 0.4}},
         "learner": {"ros__parameters": {
             "batch_size": a.batch_size, "warmup_transitions": a.warmup,
             "utd_ratio": a.utd_ratio, "checkpoint_period_updates": a.checkpoint_every,
