@@ -85,6 +85,17 @@ def test_two_actors_one_learner(tmp_path, probe, ros_env):
                  "both actors' steps stored", [learner])
         wait_for(lambda: all(weights[a] for a in ACTORS), 60, "weights on both actors",
                  [learner])
+        bad = Step()  # no images: malformed, refused before the intake, counted by reason
+        bad.episode, bad.index, bad.is_first = 9, 0, True
+        pubs[0].publish(bad)
+
+        def reasons():
+            with probe.lock:
+                m = metrics[-1][1]
+            return dict(zip(m.drop_reasons, m.drop_counts))
+
+        wait_for(lambda: reasons() == {"malformed Step message": 1}, 30,
+                 "the malformed step counted by reason", [learner])
         with probe.lock:
             m = metrics[-1][1]
         assert list(m.actor_steps_dropped) == [0, 0] and list(m.actor_episodes) == [3, 3]

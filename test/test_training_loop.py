@@ -113,3 +113,15 @@ def test_corrupt_state_is_an_error_not_a_fresh_start(tmp_path):
     state.write_bytes(state.read_bytes()[:100])
     with pytest.raises(Exception, match="(?i)corrupt|truncated|cannot|checksum|sha"):
         TrainingLoop(cfg_for(tmp_path), small_policy())
+
+
+def test_intake_queue_is_bounded_and_overflow_is_counted_not_silent(tmp_path):
+    loop = TrainingLoop(cfg_for(tmp_path, intake_queue_steps=3), small_policy())
+    rng = np.random.default_rng(0)
+    accepted = [loop.submit(r, "robot1") for r in episode(0, 4, rng)]  # 5 steps, room for 3
+    assert accepted == [True, True, True, False, False]
+    loop.drain()
+    c = loop.intake.counts()["robot1"]
+    assert c.received == 5 and c.stored == 3
+    assert c.dropped == {"intake queue full (the learner fell behind)": 2}
+    loop.close()

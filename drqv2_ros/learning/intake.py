@@ -218,6 +218,13 @@ class StepIntake:
             if a.staged:
                 self._order.append(actor)
 
+    def count_drops(self, actor: str, reason: str, n: int) -> None:
+        """Record ``n`` steps of ``actor`` dropped before reaching the intake."""
+        if n > 0:
+            c = self.actors.setdefault(actor, _Actor()).counts
+            c.received += n
+            c.dropped[reason] = c.dropped.get(reason, 0) + n
+
     # ------------------------------------------------------------------ reading
     @property
     def totals(self) -> ActorCounts:

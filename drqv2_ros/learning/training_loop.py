@@ -70,6 +70,9 @@ class TrainingConfig:
     compile: bool = param(False, "torch.compile the networks (opt-in; first updates slower)")
     cuda_graphs: bool = param(True, "on CUDA, replay the update as one CUDA graph (same fp32 "
                                     "kernels, no per-kernel launch cost)")
+    intake_queue_steps: int = param(2000, "steps received but not yet stored, at most (about "
+                                          "21 KB each at 84x84); past it, steps are dropped "
+                                          "and counted")
     max_staged_steps: int = param(2000, "per actor: steps held in memory while another "
                                         "actor's episode is being written (several actors)")
     replay_on_device: str = param("auto", "keep the replay frames on the GPU and gather "
@@ -142,7 +145,10 @@ class TrainingLoop:
         self.intake = StepIntake(self.replay, max_staged_steps=cfg.max_staged_steps,
                                  on_stored=self._on_stored)
         self.counters = Counters(self.intake)
-        self._queue: queue.Queue[tuple[str, StepRecord]] = queue.Queue()
+        if cfg.intake_queue_steps < 1:
+            raise ValueError(f"intake_queue_steps must be >= 1, got {cfg.intake_queue_steps}")
+        self._queue: queue.Queue[tuple[str, StepRecord]] = queue.Queue(cfg.intake_queue_steps)
+        self._queue_full: dict[str, int] = {}  # by actor, counted in the DDS thread
         self._last_metrics: Mapping[str, float] = {}
         self._t_update_window: list[float] = []
         self._writer = None
@@ -174,14 +180,25 @@ class TrainingLoop:
                 f"{', compiled' if self.learner.compiled else ''}, {replay}{note}")
 
     # -- input (any thread) -----------------------------------------------------------------
-    def submit(self, record: StepRecord, actor: str = "") -> None:
-        """A step of ``actor``'s stream (any thread); stored by the training thread."""
-        self._queue.put((actor, record))
+    def submit(self, record: StepRecord, actor: str = "") -> bool:
+        """A step of ``actor``'s stream (any thread); stored by the training thread. Never
+        blocks: when ``intake_queue_steps`` are waiting (the training thread is stuck),
+        the step is dropped and counted (False)."""
+        try:
+            self._queue.put_nowait((actor, record))
+        except queue.Full:
+            self._queue_full[actor] = self._queue_full.get(actor, 0) + 1
+            return False
+        return True
 
     def _on_stored(self, record: StepRecord) -> None:
         self.counters._stored += 1
 
     def drain(self, timeout: float = 0.0) -> int:
+        for actor in list(self._queue_full):
+            n_full = self._queue_full.pop(actor, 0)
+            self.intake.count_drops(actor, "intake queue full (the learner fell behind)",
+                                    n_full)
         n = 0
         try:
             item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()

@@ -60,6 +60,7 @@ class LearnerNode(Node):
             summary = ingest_into_replay(bags, self.loop.replay.offline, self.loop.out)
             self.get_logger().info(f"demo bags: {summary}")
         self.malformed = 0
+        self._drops_logged: dict[str, int] = {}
         self.actors = actor_topics(p.actor_namespaces)
         self.weights_pubs = [self.create_publisher(PolicyWeights, weights, WEIGHTS_QOS)
                              for _key, _step, weights in self.actors]
@@ -117,7 +118,16 @@ class LearnerNode(Node):
         msg.actor_steps_staged = [c.staged for c in counts.values()]
         msg.actor_steps_lost = [c.lost for c in counts.values()]
         msg.actor_episodes = [c.episodes for c in counts.values()]
+        dropped = dict(self.loop.intake.totals.dropped)
+        if self.malformed:
+            dropped["malformed Step message"] = self.malformed
+        msg.drop_reasons, msg.drop_counts = list(dropped), list(dropped.values())
         publish_quietly(self.metrics_pub, msg)
+        for reason, n in dropped.items():  # one line per reason and period, with counts
+            new = n - self._drops_logged.get(reason, 0)
+            if new > 0:
+                self.get_logger().warning(f"dropped {new} step(s) ({n} in all): {reason}")
+        self._drops_logged = dropped
 
     def close(self) -> None:
         self._stop.set()
