@@ -36,6 +36,7 @@ from zlib import crc32
 
 import numpy as np
 
+from drqv2_ros.atomic_write import atomic_write_json
 from drqv2_ros.bags.typestore import STEP_TYPE, project_typestore
 from drqv2_ros.observation.step_record import StepFormatError, StepRecord, from_msg
 
@@ -941,8 +942,5 @@ def ingest_into_replay(
         for bag in todo:
             done[str(Path(bag).resolve())] = _fingerprint(Path(bag))
         ledger = {"bags": done, "buffer_total_steps": int(buffer.total_steps_added)}
-        ledger_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ledger_path.with_name(ledger_path.name + ".tmp")
-        tmp.write_text(json.dumps(ledger, indent=1) + "\n")
-        os.replace(tmp, ledger_path)
+        atomic_write_json(ledger_path, ledger, sort_keys=False)
     return summary

@@ -38,7 +38,6 @@ import io
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drqv2_ros.atomic_write import atomic_write_bytes
 from drqv2_ros.learning.cuda_graph import GraphedUpdate
 from drqv2_ros.learning.device import configure_precision, resolve_device
 from drqv2_ros.policy.configuration_drqv2 import ConfigError, DrQV2Config
@@ -658,28 +658,10 @@ class DrQV2Learner:
         Layout: ``DRQV2LRN`` + sha256 of the payload + a ``torch.save`` payload that loads
         with ``weights_only=True``.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         torch.save(self.state_dict(), buf)
         payload = buf.getvalue()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_MAGIC + hashlib.sha256(payload).digest() + payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        with contextlib.suppress(OSError):
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        return path
+        return atomic_write_bytes(path, _MAGIC + hashlib.sha256(payload).digest() + payload)
 
     @staticmethod
     def read_state(path: str | os.PathLike) -> dict[str, Any]:

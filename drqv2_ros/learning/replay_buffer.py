@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from drqv2_ros.atomic_write import atomic_write_json
+
 __all__ = ["ReplayBuffer", "MixedReplay", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
@@ -44,24 +46,6 @@ _NO_SAMPLE = 32
 _SPEC_FILE = "spec.json"
 _STATE_FILE = "state.json"
 _LOCK_FILE = "lock"
-
-
-def _atomic_write_json(path: Path, obj: dict[str, Any]) -> None:
-    """Write ``obj`` to ``path`` so that readers see either the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    data = json.dumps(obj, indent=1, sort_keys=True).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class ReplayBuffer:
@@ -216,7 +200,7 @@ class ReplayBuffer:
         self._episodes_added = 0
         self._recount()
         self.flush()
-        _atomic_write_json(self.directory / _SPEC_FILE, self._spec)
+        atomic_write_json(self.directory / _SPEC_FILE, self._spec)
 
     def _reopen(self, spec_path: Path) -> None:
         stored = json.loads(spec_path.read_text())
@@ -290,7 +274,7 @@ class ReplayBuffer:
         """Make every step added so far durable (msync data, then atomically replace state)."""
         for mm in self._mm.values():
             mm.flush()
-        _atomic_write_json(self.directory / _STATE_FILE, {
+        atomic_write_json(self.directory / _STATE_FILE, {
             "format_version": FORMAT_VERSION,
             "total": self._total,
             "lo": self._lo,

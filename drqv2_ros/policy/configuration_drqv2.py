@@ -17,10 +17,11 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from drqv2_ros.atomic_write import atomic_write_text
 
 CONFIG_NAME = "config.json"
 
@@ -340,13 +341,7 @@ class DrQV2Config:
         """Write ``<directory>/config.json`` atomically; returns its path."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / CONFIG_NAME
-        fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".json", dir=directory)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.to_json())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(directory / CONFIG_NAME, self.to_json())
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> DrQV2Config:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,6 +50,7 @@ import torch.nn.functional as F
 from torch import distributions as pyd
 from torch import nn
 
+from drqv2_ros.atomic_write import atomic_path
 from drqv2_ros.policy.configuration_drqv2 import CONFIG_NAME, ConfigError, DrQV2Config
 
 WEIGHTS_NAME = "model.safetensors"
@@ -601,15 +601,8 @@ class DrQV2Policy(DrQV2Model):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = self.flat_state_dict()
-        fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".safetensors", dir=directory)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"format": "pt", "type": self.name})
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, directory / WEIGHTS_NAME)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt", "type": self.name})
         self.config.save_pretrained(directory)
         return directory
 
