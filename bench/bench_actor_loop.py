@@ -66,13 +66,16 @@ sys.path.insert(0, str(ROOT / "test"))
 from ros_harness import NodeProcess, Probe, allocate_domain_id, ros_environment, wait_for  # noqa: E402
 
 from drqv2_ros.acting.policy_runner import PolicyRunner, load_runner  # noqa: E402
-from drqv2_ros.acting.weights import WeightsPacket  # noqa: E402
+from drqv2_ros.acting.weights import (  # noqa: E402
+    WeightsPacket,
+    actor_state_bytes,
+    load_actor_bytes,
+)
 from drqv2_ros.convert.robobase import (  # noqa: E402
     convert_snapshot,
     load_checkpoint_any,
     make_robobase_snapshot,
 )
-from drqv2_ros.learning.learner import actor_state_bytes, load_actor_bytes  # noqa: E402
 from drqv2_ros.policy.modeling_drqv2 import DrQV2Policy  # noqa: E402
 
 RATE_HZ = 10.0

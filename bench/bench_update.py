@@ -59,7 +59,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drqv2_ros.learning.device import describe_device, resolve_device
 from drqv2_ros.learning.device_replay import DeviceReplay
-from drqv2_ros.learning.learner import DrQV2Learner, keep_freed_memory
+from drqv2_ros.learning.glibc import keep_freed_memory
+from drqv2_ros.learning.learner import DrQV2Learner
 from drqv2_ros.learning.replay_buffer import MixedReplay, ReplayBuffer
 from drqv2_ros.policy.configuration_drqv2 import DrQV2Config
 from drqv2_ros.policy.modeling_drqv2 import DrQV2Policy

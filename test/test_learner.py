@@ -13,13 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drqv2_ros.learning.learner import (
-    DrQV2Learner,
-    LearnerStateError,
-    actor_state_bytes,
-    exploration_std,
-    load_actor_bytes,
-)
+from drqv2_ros.acting.weights import actor_state_bytes, load_actor_bytes
+from drqv2_ros.learning.learner import DrQV2Learner, LearnerStateError, exploration_std
 from drqv2_ros.learning.pixel_task import make_config
 from drqv2_ros.policy.modeling_drqv2 import CheckpointError, DrQV2Policy, schedule
 
@@ -452,7 +447,7 @@ def test_state_with_tampered_tensor_shape_is_refused(tmp_path):
     import hashlib
     import io
 
-    from drqv2_ros.learning import learner as lmod
+    from drqv2_ros.learning import learner_state as lmod
 
     a = DrQV2Learner(make_policy(), seed=1)
     sd = a.state_dict()
@@ -518,7 +513,7 @@ def test_keep_freed_memory_in_a_subprocess():
     import subprocess
     import sys
 
-    code = ("from drqv2_ros.learning.learner import keep_freed_memory as k; "
+    code = ("from drqv2_ros.learning.glibc import keep_freed_memory as k; "
             "import sys; sys.exit(0 if k() else 3)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -12,10 +12,11 @@ import pytest
 import torch
 from test_learner import make_batch, make_policy, perturb_target
 
+from drqv2_ros.acting.weights import load_actor_bytes
 from drqv2_ros.learning import device as device_mod
 from drqv2_ros.learning.device import configure_precision, resolve_device
 from drqv2_ros.learning.device_replay import DeviceReplay, mirror_bytes
-from drqv2_ros.learning.learner import DrQV2Learner, LearnerStateError, load_actor_bytes
+from drqv2_ros.learning.learner import DrQV2Learner, LearnerStateError
 from drqv2_ros.learning.replay_buffer import MixedReplay, ReplayBuffer
 from drqv2_ros.learning.training_loop import TrainingConfig, TrainingLoop
 
@@ -234,7 +235,7 @@ def _foreign_rng_state(path, device_type: str, nbytes: int) -> None:
     import hashlib
     import io
 
-    from drqv2_ros.learning import learner as lmod
+    from drqv2_ros.learning import learner_state as lmod
 
     state = DrQV2Learner.read_state(path)
     state["rng"]["torch"] = torch.zeros(nbytes, dtype=torch.uint8)

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from drqv2_ros.acting.policy_runner import IncompatibleCheckpoint, PolicyRunner, load_runner
-from drqv2_ros.acting.weights import WeightsError, WeightsPacket
-from drqv2_ros.learning.learner import actor_state_bytes
+from drqv2_ros.acting.weights import WeightsError, WeightsPacket, actor_state_bytes
 from drqv2_ros.policy.configuration_drqv2 import DrQV2Config
 from drqv2_ros.policy.modeling_drqv2 import CheckpointError, DrQV2Policy
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drqv2_ros.acting.weights import WeightsError, WeightsPacket
-from drqv2_ros.learning.learner import load_actor_bytes
+from drqv2_ros.acting.weights import WeightsError, WeightsPacket, load_actor_bytes
 from drqv2_ros.observation.low_dim import LowDimLayout
 from drqv2_ros.policy.configuration_drqv2 import DrQV2Config
 from drqv2_ros.policy.modeling_drqv2 import CheckpointError, DrQV2Policy

@@ -33,11 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import io
-import json
 import os
-import struct
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -47,9 +43,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drqv2_ros.atomic_write import atomic_write_bytes
+from drqv2_ros.acting.weights import actor_state_bytes
 from drqv2_ros.learning.cuda_graph import GraphedUpdate
 from drqv2_ros.learning.device import configure_precision, resolve_device
+from drqv2_ros.learning.learner_state import (
+    STATE_FORMAT,
+    STATE_VERSION,
+    LearnerStateError,
+    read_state_file,
+    write_state_file,
+)
 from drqv2_ros.policy.configuration_drqv2 import ConfigError, DrQV2Config
 from drqv2_ros.policy.modeling_drqv2 import (
     CheckpointError,
@@ -65,21 +68,11 @@ __all__ = [
     "LearnerStateError",
     "STATE_FORMAT",
     "STATE_VERSION",
-    "actor_state_dict",
-    "actor_state_bytes",
-    "load_actor_bytes",
+    "UpdateMetrics",
     "exploration_std",
     "explore_action",
-    "keep_freed_memory",
-    "UpdateMetrics",
 ]
 
-STATE_FORMAT = "drqv2_ros.learner_state"
-STATE_VERSION = 1
-_MAGIC = b"DRQV2LRN"  # file = magic (8) + sha256(payload) (32) + payload (torch.save zip)
-
-# Config fields that may differ between a saved learner state and the learner loading it:
-# counters (restored from the state) and provenance. Everything else must match.
 _CONFIG_VOLATILE = {"main_loop_iterations", "pretrain_step", "global_env_episode", "source",
                     "defaulted"}
 # Fields a learner config override may change (hyper-parameters, counters, provenance);
@@ -91,37 +84,6 @@ _CONFIG_HPARAMS = {
 } | _CONFIG_VOLATILE | {"num_train_envs", "action_repeat", "action_scale_m"}
 
 _BATCH_KEYS = ("rgb", "low_dim", "action", "reward", "discount", "next_rgb", "next_low_dim")
-
-
-class LearnerStateError(CheckpointError):
-    """A learner state file cannot be used to resume (missing, corrupt or mismatched)."""
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of returning it to the OS (process-wide).
-
-    CPU training allocates activation buffers larger than glibc's mmap threshold cap (32 MB;
-    at batch 256 / 84x84 a single conv output is 55 MB). glibc serves those with fresh
-    ``mmap``s and unmaps them on free, so every update page-faults (and zeroes) hundreds of MB
-    again: measured 3x slower updates at batch 256 on 2 cores. This sets ``M_MMAP_MAX = 0``
-    (all allocations from the heap) and a 2 GB ``M_TRIM_THRESHOLD`` (freed heap is kept), the
-    same as the environment variables ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...``.
-    Call it once at the start of a learner process; returns False where it is unavailable
-    (not glibc). Peak memory use is unchanged; memory is just not handed back between updates.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 # ------------------------------------------------------------------- actor-side helpers
@@ -145,53 +107,6 @@ def explore_action(
     by default as in RoboBase ``DrQV2._act`` (``dist.sample()``), clamped to +-(1 - 1e-6)."""
     return policy.select_action(batch, step=int(iteration), explore=True, clip=clip,
                                 generator=generator)
-
-
-def _actor_keys(policy: nn.Module) -> list[str]:
-    return [k for k in policy.state_dict() if k.startswith(("encoder.", "actor."))]
-
-
-def actor_state_dict(policy: DrQV2Policy) -> dict[str, torch.Tensor]:
-    """What ``select_action`` needs: ``encoder.*`` and ``actor.*`` (CPU float32 copies)."""
-    sd = policy.state_dict()
-    return {k: sd[k].detach().to("cpu", torch.float32).contiguous().clone()
-            for k in _actor_keys(policy)}
-
-
-def actor_state_bytes(policy: DrQV2Policy, metadata: Mapping[str, Any] | None = None) -> bytes:
-    """safetensors bytes of :func:`actor_state_dict` (+ string metadata)."""
-    from safetensors.torch import save
-
-    meta = {"format": "pt", "type": "drqv2-actor"}
-    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
-    return save(actor_state_dict(policy), metadata=meta)
-
-
-def load_actor_bytes(policy: DrQV2Policy, data: bytes) -> dict[str, str]:
-    """Load :func:`actor_state_bytes` output into ``policy`` (encoder + actor), strictly.
-
-    Checks names, shapes and finiteness before touching the policy (nothing is loaded when
-    anything is wrong: :class:`CheckpointError`). Returns the metadata.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
-        raise CheckpointError("actor weights: empty or not bytes")
-    data = bytes(data)
-    try:
-        tensors = load(data)
-        (n,) = struct.unpack("<Q", data[:8])
-        meta = dict(json.loads(data[8 : 8 + n]).get("__metadata__") or {})
-    except (SafetensorError, ValueError, RuntimeError, OSError, struct.error) as exc:
-        raise CheckpointError(f"actor weights: unreadable safetensors bytes ({exc})") from None
-    full = policy.state_dict()
-    expected = {k: full[k] for k in _actor_keys(policy)}
-    check_state_dict(expected, tensors, "actor weights")
-    with torch.no_grad():
-        for k, v in tensors.items():
-            full[k].copy_(v.to(full[k].device, full[k].dtype))
-    return meta
 
 
 # ------------------------------------------------------------------------- the learner
@@ -658,37 +573,12 @@ class DrQV2Learner:
         Layout: ``DRQV2LRN`` + sha256 of the payload + a ``torch.save`` payload that loads
         with ``weights_only=True``.
         """
-        buf = io.BytesIO()
-        torch.save(self.state_dict(), buf)
-        payload = buf.getvalue()
-        return atomic_write_bytes(path, _MAGIC + hashlib.sha256(payload).digest() + payload)
+        return write_state_file(path, self.state_dict())
 
     @staticmethod
     def read_state(path: str | os.PathLike) -> dict[str, Any]:
-        """Read and verify a state file (magic, checksum, format); raises LearnerStateError."""
-        path = Path(path)
-        if not path.is_file():
-            raise LearnerStateError(f"learner state {path}: no such file (refusing to start "
-                                    "from scratch on a resume)")
-        data = path.read_bytes()
-        head = len(_MAGIC) + 32
-        if len(data) < head or data[: len(_MAGIC)] != _MAGIC:
-            raise LearnerStateError(f"learner state {path}: not a drqv2_ros learner state "
-                                    "(bad magic)")
-        payload = data[head:]
-        if hashlib.sha256(payload).digest() != data[len(_MAGIC):head]:
-            raise LearnerStateError(f"learner state {path}: checksum mismatch (truncated or "
-                                    "corrupt file)")
-        try:
-            state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-        except Exception as exc:  # any unpickling failure means a corrupt file
-            raise LearnerStateError(f"learner state {path}: unreadable ({exc})") from None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise LearnerStateError(f"learner state {path}: wrong format tag")
-        if state.get("version") != STATE_VERSION:
-            raise LearnerStateError(f"learner state {path}: version {state.get('version')} "
-                                    f"!= supported {STATE_VERSION}")
-        return state
+        """Read and verify a state file (``learning/learner_state.py``)."""
+        return read_state_file(path)
 
     def load_state(self, path: str | os.PathLike) -> None:
         """Resume from :meth:`save_state` output. Everything is checked before anything is

@@ -13,7 +13,7 @@ import torch
 from rclpy.node import Node
 
 from drqv2_ros.convert.robobase import load_checkpoint_any
-from drqv2_ros.learning.learner import keep_freed_memory
+from drqv2_ros.learning.glibc import keep_freed_memory
 from drqv2_ros.learning.training_loop import TrainingConfig, TrainingLoop
 from drqv2_ros.msg import PolicyWeights, Step, TrainingMetrics
 from drqv2_ros.nodes.common import (
