@@ -88,10 +88,24 @@ class StepIntake:
         self.actors: dict[str, _Actor] = {}
         self._holder: str | None = None  # actor whose episode is open in the ring
         self._order: collections.deque[str] = collections.deque()  # who staged first
+        self._storage_error: OSError | None = None
 
     # ------------------------------------------------------------------ input
     def add(self, record: StepRecord, actor: str = "") -> None:
-        """One step of ``actor``'s stream (any thread-safe caller order per actor)."""
+        """One step of ``actor``'s stream (any thread-safe caller order per actor).
+
+        Raises ``OSError`` when the replay buffer could not write (a full or read-only
+        disk): the step (and any staged one that could not be written with it) is counted
+        as dropped, the episode is closed at its last stored step, and the caller decides
+        what to do (the learner stops storing until the disk works again)."""
+        try:
+            self._add(record, actor)
+        finally:
+            err, self._storage_error = self._storage_error, None
+        if err is not None:
+            raise err
+
+    def _add(self, record: StepRecord, actor: str) -> None:
         a = self.actors.setdefault(actor, _Actor())
         a.counts.received += 1
         ep, k = int(record.episode), int(record.index)
@@ -138,8 +152,12 @@ class StepIntake:
                 r.images, r.low_dim, None if r.is_first else r.action, r.reward,
                 is_first=r.is_first, is_last=r.is_last, terminated=r.terminated,
                 is_intervention=r.is_intervention, is_demo=r.is_demo)
-        except ValueError as exc:
-            a.counts.drop(f"refused by the replay buffer: {exc}")
+        except (ValueError, OSError) as exc:
+            if isinstance(exc, OSError):  # a disk fault: counted here, raised by add()
+                a.counts.drop(f"storage fault ({exc.strerror or exc})")
+                self._storage_error = self._storage_error or exc
+            else:
+                a.counts.drop(f"refused by the replay buffer: {exc}")
             if not r.is_first:
                 a.counts.episodes += 1  # closed below at its last stored step
             self._close_ring()

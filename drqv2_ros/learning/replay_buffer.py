@@ -48,6 +48,25 @@ _STATE_FILE = "state.json"
 _LOCK_FILE = "lock"
 
 
+def _preallocate(path: Path) -> None:
+    """Give a ring file all its disk blocks now. A memory-mapped file is sparse when created;
+    writing a page whose block cannot be allocated (a full disk) kills the process with
+    SIGBUS. Allocated up front, a full disk shows here, once, as a clear ``OSError``
+    (ENOSPC), and later writes to the ring cannot fail."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # file system cannot: skip
+                return
+            raise OSError(exc.errno, f"replay buffer file {path}: cannot allocate its "
+                          f"{size / 1e6:.1f} MB on disk ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+
+
 class ReplayBuffer:
     """Ring buffer of single-frame steps on disk, sampled as frame-stacked n-step transitions.
 
@@ -189,9 +208,17 @@ class ReplayBuffer:
             raise ValueError(f"{self.directory} is not empty and holds no {_SPEC_FILE}: refusing "
                              f"to create a replay buffer over {sorted(stray)[:5]}")
         self._mm: dict[str, np.memmap] = {}
-        for name, (dtype, shape) in self._field_specs().items():
-            self._mm[name] = np.lib.format.open_memmap(
-                self.directory / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        try:
+            for name, (dtype, shape) in self._field_specs().items():
+                path = self.directory / f"{name}.npy"
+                self._mm[name] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
+                                                           shape=shape)
+                _preallocate(path)
+        except OSError:
+            self._mm = {}
+            for name in self._field_specs():  # nothing half-made stays behind
+                (self.directory / f"{name}.npy").unlink(missing_ok=True)
+            raise
         self._mm["step_id"][:] = -1
         self._views()
         self._total = 0  # global id of the next step
@@ -215,6 +242,7 @@ class ReplayBuffer:
             if not path.exists():
                 raise ValueError(f"replay buffer {self.directory} is incomplete: {path.name} "
                                  "missing")
+            _preallocate(path)  # a ring made sparse (older versions, copies) gets its blocks
             mm = np.lib.format.open_memmap(path, mode="r+")
             if mm.dtype != dtype or mm.shape != shape:
                 raise ValueError(f"{path}: dtype/shape {mm.dtype}{mm.shape} != expected "
@@ -252,11 +280,15 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        """Flush and release the directory lock. The object is unusable afterwards."""
-        if getattr(self, "_mm", None) and self._lock_fd is not None:
-            self.flush()
+        """Flush and release the directory lock. The object is unusable afterwards. If the
+        flush fails (a full disk), the lock is released anyway and the error raised: the
+        steps since the last flush are not durable, the flushed ones are intact."""
+        try:
+            if getattr(self, "_mm", None) and self._lock_fd is not None:
+                self.flush()
+        finally:
             self._mm, self._a = {}, {}
-        self._release_lock()
+            self._release_lock()
 
     def __enter__(self) -> ReplayBuffer:
         return self

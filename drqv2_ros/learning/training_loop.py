@@ -70,6 +70,8 @@ class TrainingConfig:
     compile: bool = param(False, "torch.compile the networks (opt-in; first updates slower)")
     cuda_graphs: bool = param(True, "on CUDA, replay the update as one CUDA graph (same fp32 "
                                     "kernels, no per-kernel launch cost)")
+    fault_retry_s: float = param(5.0, "after a disk fault (full, read-only), retry the "
+                                      "failed write every this many seconds")
     intake_queue_steps: int = param(2000, "steps received but not yet stored, at most (about "
                                           "21 KB each at 84x84); past it, steps are dropped "
                                           "and counted")
@@ -149,6 +151,9 @@ class TrainingLoop:
             raise ValueError(f"intake_queue_steps must be >= 1, got {cfg.intake_queue_steps}")
         self._queue: queue.Queue[tuple[str, StepRecord]] = queue.Queue(cfg.intake_queue_steps)
         self._queue_full: dict[str, int] = {}  # by actor, counted in the DDS thread
+        self.fault = ""  # the storage fault being waited out ("" = none)
+        self._tb_warned = False
+        self.faults = 0
         self._last_metrics: Mapping[str, float] = {}
         self._t_update_window: list[float] = []
         self._writer = None
@@ -264,61 +269,125 @@ class TrainingLoop:
             episodes=float(self.counters.episodes),
             stddev=float(self.learner.std()),
             weights_version=float(self.counters.weights_version),
+            storage_ok=0.0 if self.fault else 1.0,
+            storage_faults=float(self.faults),
         )
         if self._writer is not None:
-            for k, v in m.items():
-                if np.isfinite(v):
-                    self._writer.add_scalar(f"learner/{k}", v, self.counters.updates)
-            for actor, c in self.intake.counts().items():
-                name = actor.strip("/").replace("/", "_") or "default"
-                for k in ("received", "stored", "episodes", "staged", "lost"):
-                    self._writer.add_scalar(f"actors/{name}/{k}", getattr(c, k),
+            try:
+                for k, v in m.items():
+                    if np.isfinite(v):
+                        self._writer.add_scalar(f"learner/{k}", v, self.counters.updates)
+                for actor, c in self.intake.counts().items():
+                    name = actor.strip("/").replace("/", "_") or "default"
+                    for k in ("received", "stored", "episodes", "staged", "lost"):
+                        self._writer.add_scalar(f"actors/{name}/{k}", getattr(c, k),
+                                                self.counters.updates)
+                    self._writer.add_scalar(f"actors/{name}/dropped", sum(c.dropped.values()),
                                             self.counters.updates)
-                self._writer.add_scalar(f"actors/{name}/dropped", sum(c.dropped.values()),
-                                        self.counters.updates)
-            self._writer.flush()
+                self._writer.flush()
+            except OSError as exc:  # a full disk must not stop the learner over its logs
+                if not self._tb_warned:
+                    log.warning("TensorBoard logging failed (%s); going on without it", exc)
+                    self._tb_warned = True
         return m
 
+    # -- disk faults ------------------------------------------------------------------------
+    def _durable(self, what: str, fn: Callable[[], object]) -> bool:
+        """Run a write; a disk error (full, read-only, I/O) puts the loop into the fault
+        state instead of killing it. Returns whether it worked."""
+        try:
+            fn()
+        except OSError as exc:
+            self._enter_fault(what, exc)
+            return False
+        return True
+
+    def _enter_fault(self, what: str, exc: OSError) -> None:
+        if not self.fault:
+            log.error("storage fault while %s: %s; storing and training stop, the actor keeps "
+                      "the last weights; retrying every %.0f s", what, exc,
+                      self.cfg.fault_retry_s)
+        self.fault = f"{what}: {exc}"
+        self.faults += 1
+
+    def _retry_storage(self) -> None:
+        """Try what failed again (a flush, then a full save): back to work when it works."""
+        if self._durable("flushing the replay buffer", self.replay.flush) and \
+                self._durable("saving the learner state", self.save):
+            log.warning("storage works again after: %s; storing and training resume",
+                        self.fault)
+            self.fault = ""
+
+    def status(self) -> str:
+        """``ok``, or the storage fault the learner is waiting out."""
+        return f"storage fault (retrying): {self.fault}" if self.fault else "ok"
+
+    # -- the work loop ----------------------------------------------------------------------
     def run(self, stop: threading.Event,
             publish_weights: Callable[[WeightsPacket], None],
             publish_metrics: Callable[[dict[str, float]], None]) -> None:
-        """Work until ``stop`` is set; saves on the way out."""
+        """Work until ``stop`` is set; saves on the way out. A disk fault stops storing and
+        training (received steps wait in the bounded queue, then are counted as dropped)
+        until a retry of the failed write succeeds; the process stays up."""
         cfg = self.cfg
         now = time.monotonic()
         next_flush = now + cfg.flush_period_s
         next_metrics = now + cfg.metrics_period_s
         next_weights = now  # push at start: the actor may hold other (older) weights
+        next_retry = now
         pushed_at_update = -1
         last_ckpt_update = self.counters.updates
         min_dt = 1.0 / cfg.max_updates_per_second if cfg.max_updates_per_second > 0 else 0.0
         last_update_t = 0.0
         try:
             while not stop.is_set():
+                now = time.monotonic()
+                if now >= next_metrics:
+                    publish_metrics(self.metrics())
+                    next_metrics = now + cfg.metrics_period_s
+                if self.fault:
+                    if now >= next_retry:
+                        self._retry_storage()
+                        next_retry = now + cfg.fault_retry_s
+                    if self.fault:
+                        stop.wait(0.1)
+                        continue
                 owed = self.updates_owed()
-                self.drain(timeout=0.0 if owed else 0.05)
+                if not self._durable("storing steps",
+                                     lambda owed=owed: self.drain(0.0 if owed else 0.05)):
+                    continue
                 now = time.monotonic()
                 if owed and now - last_update_t >= min_dt:
                     self.update_once()
                     last_update_t = time.monotonic()
                 if now >= next_flush:
-                    self.replay.flush()  # transitions are acknowledged once flushed
                     next_flush = now + cfg.flush_period_s
+                    # transitions are acknowledged once flushed
+                    if not self._durable("flushing the replay buffer", self.replay.flush):
+                        continue
                 if now >= next_weights and pushed_at_update != self.counters.updates:
                     publish_weights(self.weights_packet())
                     pushed_at_update = self.counters.updates
                     next_weights = now + cfg.publish_weights_period_s
                 if self.counters.updates - last_ckpt_update >= cfg.checkpoint_period_updates:
-                    self.save()
                     last_ckpt_update = self.counters.updates
-                if now >= next_metrics:
-                    publish_metrics(self.metrics())
-                    next_metrics = now + cfg.metrics_period_s
+                    if not self._durable("saving the learner state", self.save):
+                        continue
         finally:
-            self.drain()
-            self.save()
+            if not self.fault:
+                self._durable("storing steps", self.drain)
+                self._durable("saving the learner state", self.save)
             publish_metrics(self.metrics())
 
     def close(self) -> None:
-        self.replay.close()
+        for buf in (self.replay.online, self.replay.offline):
+            try:
+                buf.close()
+            except OSError as exc:
+                log.error("closing %s: %s (steps since its last flush are not kept)",
+                          buf.directory, exc)
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except OSError as exc:
+                log.warning("closing the TensorBoard log: %s", exc)

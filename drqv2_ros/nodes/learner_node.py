@@ -110,6 +110,7 @@ class LearnerNode(Node):
         msg.online_size, msg.offline_size = int(m["online_size"]), int(m["offline_size"])
         msg.transitions_received = int(m["transitions_received"])
         msg.weights_version = int(m["weights_version"])
+        msg.status = self.loop.status()
         counts = self.loop.intake.counts()
         msg.actors = list(counts)
         msg.actor_steps_received = [c.received for c in counts.values()]

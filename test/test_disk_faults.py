@@ -1,0 +1,111 @@
+"""A full disk never kills the learner (no SIGBUS through the memory map, no dead training
+thread): it stops storing and training, says so, resumes when space returns, and what it had
+flushed stays intact. Tested on a small tmpfs (root; skipped with the reason elsewhere)."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+from test_training_loop import cfg_for, episode, small_policy
+
+from drqv2_ros.learning.replay_buffer import ReplayBuffer
+from drqv2_ros.learning.training_loop import TrainingLoop
+
+SPEC = dict(image_shape=(1, 3, 24, 24), low_dim_size=18, action_size=4, frame_stack=2,
+            nstep=3, discount=0.99)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    d = tmp_path / "disk"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(d)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def fill(d):
+    """Take every free byte of the file system holding ``d``."""
+    ballast = d / "ballast"
+    with open(ballast, "wb", buffering=0) as f:
+        for size in (1 << 16, 4096, 512, 1):  # down to the last byte
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    return ballast
+
+
+def test_ring_files_hold_their_blocks(tmp_path):
+    buf = ReplayBuffer(tmp_path / "rb", capacity=200, **SPEC)
+    for f in (tmp_path / "rb").glob("*.npy"):
+        st = f.stat()
+        assert st.st_blocks * 512 >= st.st_size, f.name  # not sparse: no SIGBUS later
+    buf.close()
+
+
+def test_a_ring_the_disk_cannot_hold_is_refused_at_once(small_disk):
+    with pytest.raises(OSError, match="cannot allocate") as info:
+        ReplayBuffer(small_disk / "rb", capacity=20_000, **SPEC)  # ~35 MB on a 12 MB disk
+    assert info.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in (small_disk / "rb").iterdir()) == ["lock"]  # no debris
+
+
+def test_full_disk_pauses_the_learner_and_loses_nothing(small_disk):
+    cfg = cfg_for(small_disk, flush_period_s=0.05, fault_retry_s=0.2)
+    cfg.checkpoint_period_updates = 4
+    loop = TrainingLoop(cfg, small_policy())
+    rng = np.random.default_rng(0)
+    fed = [r for ep in range(3) for r in episode(ep, 12, rng)]
+    stop, metrics = threading.Event(), []
+    th = threading.Thread(target=loop.run, args=(stop, lambda w: None, metrics.append))
+    th.start()
+
+    def wait(pred, what, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert th.is_alive(), f"training thread died waiting for {what}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+
+    try:
+        for r in fed:
+            loop.submit(r)
+        wait(lambda: loop.counters.stored == len(fed) and
+             loop.replay.online.num_unflushed_steps == 0 and loop.counters.updates >= 4,
+             "the first episodes stored, flushed and trained on")
+        ballast = fill(small_disk)
+        more = [r for r in episode(3, 12, rng)]
+        for r in more:
+            loop.submit(r)
+        wait(lambda: bool(loop.fault), "the storage fault")
+        assert loop.status().startswith("storage fault (retrying)")
+        updates = loop.counters.updates
+        time.sleep(0.5)
+        assert th.is_alive() and loop.counters.updates == updates  # no training meanwhile
+        wait(lambda: metrics and metrics[-1]["storage_ok"] == 0.0, "metrics saying so")
+        ballast.unlink()  # space returns
+        wait(lambda: not loop.fault and loop.counters.stored == len(fed) + len(more),
+             "storing to resume")
+        assert loop.status() == "ok"
+        c = loop.intake.counts()[""]
+        assert c.received == c.stored + sum(c.dropped.values())
+    finally:
+        stop.set()
+        th.join(30)
+        loop.close()
+    buf = ReplayBuffer.open(small_disk / "out" / "replay" / "online")
+    assert buf.total_steps_added == loop.counters.stored
+    for i, r in enumerate(fed + more):  # what was stored is what was sent, in order
+        if i < buf.total_steps_added:
+            np.testing.assert_array_equal(buf.read_step(i)["images"], r.images)
+    buf.close()
