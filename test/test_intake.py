@@ -26,7 +26,8 @@ def step(actor: int, ep: int, k: int, last: bool, intervention=False) -> StepRec
     img[0, 0], img[0, 1], img[0, 2] = actor, ep % 256, k
     low = np.array([actor, ep, k], np.float32)
     act = np.array([actor * 0.5, (ep % 100) / 100, k / 1000, 0], np.float32)
-    return StepRecord(episode=ep, index=k, stamp_ns=k, is_first=k == 0, is_last=last,
+    return StepRecord(episode=ep, index=k, stamp_ns=1000 * ep + k, is_first=k == 0,
+                      is_last=last,
                       terminated=last and ep % 2 == 0, images=img, low_dim=low,
                       action=act if k else np.zeros(4, np.float32),
                       reward=float(k), is_intervention=intervention and k > 0)
@@ -178,3 +179,50 @@ def test_gaps_duplicates_and_foreign_episodes_are_never_stitched(tmp_path):
     assert ends == [(0, 4), (1, 3), (4, 2)]  # each closed at its last good step
     assert [s["terminated"] for s in steps if s["is_last"]] == [False, False, True]
     check_transitions(replay.online.sample(200, np.random.default_rng(3)))
+
+
+def test_a_restarted_learner_keeps_what_it_had_and_drops_the_resent_rest(tmp_path):
+    """The learner dies with steps stored but not flushed; the actor's transient-local history
+    re-sends everything. The new learner (same directory) stores every step once: the
+    flushed ones are not stored again, the cut episode's tail is counted as dropped, new
+    episodes go in."""
+    import shutil
+
+    replay = make_replay(tmp_path / "first")
+    intake = StepIntake(replay)
+    sent = [step(0, ep, k, k == 6) for ep in range(2) for k in range(7)]
+    sent += [step(0, 2, k, False) for k in range(6)]
+    for r in sent:
+        intake.add(r, "robot1")
+    replay.flush()  # durable: episodes 0, 1 and 2 up to index 5
+    for k in range(6, 9):
+        r = step(0, 2, k, False)
+        sent.append(r)
+        intake.add(r, "robot1")  # stored, never flushed: lost with the crash
+    # The crash: the disk holds the ring as of the last flush (state.json says so).
+    shutil.copytree(tmp_path / "first", tmp_path / "second",
+                    ignore=shutil.ignore_patterns("lock"))
+    replay.close()
+    replay2 = make_replay(tmp_path / "second")
+    intake2 = StepIntake(replay2)
+    assert intake2.restore() == 1
+    for k in range(9, 12):
+        sent.append(step(0, 2, k, k == 11))
+    sent += [step(0, 3, k, k == 4) for k in range(5)]
+    for r in sent:  # the history again, then what is new
+        intake2.add(r, "robot1")
+    c = intake2.counts()["robot1"]
+    assert c.dropped == {"stored before the learner restarted": 20,
+                         "after a cut episode (waiting for the next episode start)": 6}
+    assert c.stored == 5
+    online = replay2.online
+    keys = [tuple(online.read_step(i)["low_dim"][1:].astype(int))
+            for i in range(online.total_steps_added)]
+    assert len(keys) == len(set(keys)) == 20 + 5  # every stored step once
+    assert keys[-5:] == [(3, k) for k in range(5)]
+    check_transitions(online.sample(200, np.random.default_rng(4)))
+    # a restarted actor (episodes from 0 again, newer stamps) is not mistaken for history
+    fresh = StepRecord(**{**step(0, 0, 0, False).__dict__, "stamp_ns": 10**9})
+    intake2.add(fresh, "robot1")
+    assert intake2.counts()["robot1"].stored == 6
+    replay2.close()

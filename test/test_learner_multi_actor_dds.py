@@ -46,7 +46,7 @@ def test_two_actors_one_learner(tmp_path, probe, ros_env):
     from sensor_msgs.msg import Image
 
     from drqv2_ros.msg import PolicyWeights, Step, TrainingMetrics
-    from drqv2_ros.nodes.common import WEIGHTS_QOS, reliable_qos
+    from drqv2_ros.nodes.common import STEP_QOS, WEIGHTS_QOS, reliable_qos
 
     ckpt = make_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "learner"
@@ -61,7 +61,7 @@ def test_two_actors_one_learner(tmp_path, probe, ros_env):
         weights = {a: probe.collect(PolicyWeights, f"/{a}/policy_weights", WEIGHTS_QOS)
                    for a in ACTORS}
         metrics = probe.collect(TrainingMetrics, "/learner/metrics", reliable_qos(10))
-        pubs = [probe.publisher(Step, f"/{a}/step", reliable_qos(100)) for a in ACTORS]
+        pubs = [probe.publisher(Step, f"/{a}/step", STEP_QOS) for a in ACTORS]
         wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs), 60,
                  "the learner's step subscriptions", [learner])
         # Interleave step by step: robot1 episodes of 7 steps, robot2 of 11.

@@ -69,6 +69,7 @@ class _Actor:
     skipping: bool = False  # drop until the next first step (after a cut)
     last: tuple[int, int] | None = None  # (episode, index) of the last accepted step
     seen_episode: int | None = None  # highest episode number seen in the stream
+    stored_before: int | None = None  # after a restart: stamp of the last durable step
 
 
 class StepIntake:
@@ -109,6 +110,14 @@ class StepIntake:
         a = self.actors.setdefault(actor, _Actor())
         a.counts.received += 1
         ep, k = int(record.episode), int(record.index)
+        if a.stored_before is not None:
+            # Re-sent history (DDS transient local) the ring already holds durably: older by
+            # stamp AND by (episode, index). An actor that restarted too (episode numbers
+            # from 0 again) has newer stamps; the first newer step ends this check.
+            if int(record.stamp_ns) <= a.stored_before and a.last is not None and \
+                    (ep, k) <= a.last:
+                return a.counts.drop("stored before the learner restarted")
+            a.stored_before = None
         if a.seen_episode is not None and ep > a.seen_episode + 1:
             a.counts.lost_episodes += ep - a.seen_episode - 1  # never saw a step of them
         if a.seen_episode is None or ep > a.seen_episode:
@@ -166,6 +175,9 @@ class StepIntake:
             return False
         a.counts.stored += 1
         a.counts.interventions += int(r.is_intervention)
+        self.replay.online.stream_marks[actor] = {  # durable with the ring's next flush
+            "episode": int(r.episode), "index": int(r.index), "stamp_ns": int(r.stamp_ns),
+            "open": not r.is_last}
         if self.on_stored is not None:
             self.on_stored(r)
         if r.is_last:
@@ -175,8 +187,32 @@ class StepIntake:
                 a.open = False
         return True
 
+    def restore(self) -> int:
+        """After a restart: take up each actor's stream where the durable ring state says
+        it was (``ReplayBuffer.stream_marks``). Steps the actor re-sends that are not newer
+        than the last durable one are dropped as stored before; the rest of an episode the
+        restart cut (the buffer closed it at its last flushed step) is dropped as after a
+        cut. Returns how many actors were restored."""
+        marks = self.replay.online.stream_marks
+        for actor, m in marks.items():
+            try:
+                ep, k, stamp = int(m["episode"]), int(m["index"]), int(m["stamp_ns"])
+                was_open = bool(m["open"])
+            except (KeyError, TypeError, ValueError):
+                continue  # a mark this version cannot read: start that stream afresh
+            a = self.actors.setdefault(actor, _Actor())
+            a.last, a.seen_episode, a.stored_before = (ep, k), ep, stamp
+            a.open, a.skipping = False, was_open
+            if was_open:
+                m["open"] = False
+        return len(marks)
+
     def _close_ring(self) -> None:
         """End the episode open in the ring as a truncation at its last stored step."""
+        if self._holder is not None:
+            mark = self.replay.online.stream_marks.get(self._holder)
+            if mark:
+                mark["open"] = False
         if self.replay.online.episode_open:
             self.replay.online.end_episode()
         if self.replay.offline.episode_open:

@@ -220,6 +220,7 @@ class ReplayBuffer:
                 (self.directory / f"{name}.npy").unlink(missing_ok=True)
             raise
         self._mm["step_id"][:] = -1
+        self.stream_marks: dict[str, Any] = {}
         self._views()
         self._total = 0  # global id of the next step
         self._lo = 0  # oldest stored step (global id)
@@ -258,6 +259,8 @@ class ReplayBuffer:
         self._lo = int(state["lo"])
         self._open_start = state["open_episode_start"]
         self._episodes_added = int(state["episodes_added"])
+        marks = state.get("stream_marks", {})
+        self.stream_marks = marks if isinstance(marks, dict) else {}
         if not (0 <= self._lo <= self._total and self._total - self._lo <= self.capacity):
             raise ValueError(f"{state_path}: inconsistent ring state {state}")
         ids = np.arange(self._lo, self._total, dtype=np.int64)
@@ -303,7 +306,10 @@ class ReplayBuffer:
             pass
 
     def flush(self) -> None:
-        """Make every step added so far durable (msync data, then atomically replace state)."""
+        """Make every step added so far durable (msync data, then atomically replace state).
+
+        ``stream_marks`` (a small JSON dict the writer keeps: the learner's position in each
+        actor's step stream) is written with the ring state, so the two always agree."""
         for mm in self._mm.values():
             mm.flush()
         atomic_write_json(self.directory / _STATE_FILE, {
@@ -312,6 +318,7 @@ class ReplayBuffer:
             "lo": self._lo,
             "open_episode_start": self._open_start,
             "episodes_added": self._episodes_added,
+            "stream_marks": self.stream_marks,
         })
         self._durable_total = self._total
 

@@ -147,6 +147,7 @@ class TrainingLoop:
         self.intake = StepIntake(self.replay, max_staged_steps=cfg.max_staged_steps,
                                  on_stored=self._on_stored)
         self.counters = Counters(self.intake)
+        self.restored_actors = self.intake.restore()  # streams taken up after a restart
         if cfg.intake_queue_steps < 1:
             raise ValueError(f"intake_queue_steps must be >= 1, got {cfg.intake_queue_steps}")
         self._queue: queue.Queue[tuple[str, StepRecord]] = queue.Queue(cfg.intake_queue_steps)

@@ -53,9 +53,14 @@ def reliable_qos(depth: int = 10) -> QoSProfile:
 
 #: Actor -> learner steps: reliable, and a history long enough to carry a minute of steps at
 #: 10 Hz (about 15 MB of 84x84 frames) through a pause of the learner or a cut network link:
-#: DDS re-sends what the learner did not acknowledge once it is reachable again.
+#: DDS re-sends what the learner did not acknowledge once it is reachable again. Transient
+#: local: a learner that restarts gets that minute again and keeps what it had not stored
+#: (it drops what it had, by its durable stream marks). A transient-local reader refuses a
+#: volatile writer: publish steps with this QoS.
 STEP_HISTORY = 600
-STEP_QOS = reliable_qos(STEP_HISTORY)
+STEP_QOS = QoSProfile(depth=STEP_HISTORY, history=HistoryPolicy.KEEP_LAST,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 _PTYPES = {

@@ -79,7 +79,8 @@ class LearnerNode(Node):
             f"learner ready ({'resumed' if self.loop.resumed else 'fresh'} from {start}; "
             f"on {self.loop.describe()}; run {self.loop.run_id}; online "
             f"{len(self.loop.replay.online)} / offline {len(self.loop.replay.offline)} "
-            "transitions on disk)")
+            f"transitions on disk; {self.loop.restored_actors} actor stream(s) taken up "
+            "where the buffer left them)")
 
     def _on_step(self, msg: Step, actor: str) -> None:
         try:
