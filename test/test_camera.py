@@ -120,8 +120,11 @@ def test_node_publishes_croprresized_frames_with_capture_stamps():
 
     frames = make_frames(30)
     box = [20, 10, 100, 100]
+    # 50 frames/s: the test's timer loop (crop, resize, publish on 2 busy cores) sees most
+    # frames; at 200 frames/s a slow machine caught only 7-9 of 30.
     ctx, node = _node_with_fake(frames, {"crop_box": box, "policy_size": 50,
-                                         "stall_timeout": 0.2, "reconnect_interval": 0.0})
+                                         "stall_timeout": 0.2, "reconnect_interval": 0.0},
+                                period=0.02)
     try:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and node.grabber.seq < 30:
