@@ -57,3 +57,22 @@ def test_atomic_path_for_writers_that_need_a_file_name(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("writer died")
     assert target.read_bytes() == b"x" * 10 and leftovers(tmp_path) == []
+
+
+def test_a_checkpoint_save_on_a_full_disk_raises_oserror(tmp_path, monkeypatch):
+    """Every writer surfaces a full disk as OSError (ENOSPC), which the learner's fault
+    handling catches; safetensors' own file writer would raise a SafetensorError instead."""
+    from test_learner import make_policy
+
+    policy = make_policy()
+    policy.save_pretrained(tmp_path / "ckpt")
+    before = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(aw.os, "fsync", full)
+    with pytest.raises(OSError) as info:
+        policy.save_pretrained(tmp_path / "ckpt")
+    assert info.value.errno == errno.ENOSPC
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before

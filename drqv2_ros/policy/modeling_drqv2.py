@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import distributions as pyd
 from torch import nn
 
-from drqv2_ros.atomic_write import atomic_path
+from drqv2_ros.atomic_write import atomic_write_bytes
 from drqv2_ros.policy.configuration_drqv2 import CONFIG_NAME, ConfigError, DrQV2Config
 
 WEIGHTS_NAME = "model.safetensors"
@@ -596,13 +596,14 @@ class DrQV2Policy(DrQV2Model):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (atomic per file)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = self.flat_state_dict()
-        with atomic_path(directory / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt", "type": self.name})
+        # Serialised in memory, then one atomic write: a full disk surfaces as an OSError
+        # (ENOSPC), which safetensors' own file writer would wrap in a SafetensorError.
+        data = save(self.flat_state_dict(), metadata={"format": "pt", "type": self.name})
+        atomic_write_bytes(directory / WEIGHTS_NAME, data)
         self.config.save_pretrained(directory)
         return directory
 
