@@ -72,7 +72,7 @@ def test_launcher_applies_the_profile_and_the_peer_profile(tmp_path, monkeypatch
     assert path == g.env[PROFILE_VARS[1]] and "127.0.0.2" in open(path).read()
     assert g.env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
     env = graph_environment({}, peer="127.0.0.3", default_profile=SHIPPED, directory=tmp_path)
-    assert env[PROFILE_VARS[0]] == str(tmp_path / "fastdds_two_hosts.xml")
+    assert env[PROFILE_VARS[0]] == str(tmp_path / "fastdds_two_hosts_127.0.0.3.xml")
 
 
 def test_node_subsets_per_host():

@@ -93,11 +93,12 @@ def test_interleaved_actors_never_cross(tmp_path, n_actors):
 
 def test_a_single_actor_is_stored_as_it_arrives(tmp_path):
     replay = make_replay(tmp_path)
-    stored = []
-    intake = StepIntake(replay, on_stored=stored.append)
-    for r in streams(np.random.default_rng(0), 1, 2)[0]:
+    intake = StepIntake(replay)
+    for i, r in enumerate(streams(np.random.default_rng(0), 1, 2)[0]):
         intake.add(r)
-        assert stored[-1] is r  # written at once: nothing staged for a lone actor
+        # written at once: nothing staged for a lone actor
+        assert intake.stored == replay.online.total_steps_added == i + 1
+        np.testing.assert_array_equal(replay.online.read_step(i)["images"], r.images)
 
 
 def test_staging_is_bounded_and_a_cut_is_never_stitched(tmp_path):

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from drqv2_ros.atomic_write import atomic_write_text
+
 __all__ = ["PROFILE_VARS", "MAX_UDP_MESSAGE", "LEASE_S", "profile_environment",
            "two_host_profile", "write_two_host_profile", "peer_environment",
            "graph_environment"]
@@ -123,11 +125,12 @@ def two_host_profile(peers: Sequence[str]) -> str:
 
 
 def write_two_host_profile(directory: str | os.PathLike, peers: Sequence[str]) -> Path:
-    """Write :func:`two_host_profile` to ``directory/fastdds_two_hosts.xml``."""
-    path = Path(directory) / "fastdds_two_hosts.xml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(two_host_profile(peers))
-    return path
+    """Write :func:`two_host_profile` to ``directory/fastdds_two_hosts_<peers>.xml``
+    atomically (nodes of a graph started meanwhile, or for another peer, never read a
+    half-written or foreign profile)."""
+    text = two_host_profile(peers)
+    name = "_".join(str(p).strip().replace("/", "_") for p in peers)
+    return atomic_write_text(Path(directory) / f"fastdds_two_hosts_{name}.xml", text)
 
 
 def peer_environment(env: Mapping[str, str], profile: str | os.PathLike) -> dict[str, str]:

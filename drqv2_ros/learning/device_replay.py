@@ -132,8 +132,7 @@ class DeviceReplay:
                 out[k] = vals[0] if len(vals) == 1 else torch.cat(vals)
             else:
                 out[k] = vals[0] if len(vals) == 1 else np.concatenate(vals)
-        out["is_offline"] = np.concatenate(
-            [np.full(plan["t"].shape[0], buf is self.replay.offline) for buf, plan in plans])
+        out["is_offline"] = self.replay.offline_mask(plans)
         return out
 
     def _to_device(self, a: np.ndarray) -> torch.Tensor:

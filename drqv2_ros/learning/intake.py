@@ -29,7 +29,6 @@ reason.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from drqv2_ros.learning.replay_buffer import MixedReplay
@@ -51,8 +50,8 @@ class ActorCounts:
     lost_episodes: int = 0  # episode numbers skipped by the stream
     dropped: dict[str, int] = field(default_factory=dict)
 
-    def drop(self, reason: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
 
 
 @dataclass
@@ -73,19 +72,13 @@ class _Actor:
 
 
 class StepIntake:
-    """Assembles the step streams of any number of actors into ``replay``.
+    """Assembles the step streams of any number of actors into ``replay``."""
 
-    ``on_stored(record)`` is called for every step written to the ring (the learner counts
-    its update-to-data ratio on these).
-    """
-
-    def __init__(self, replay: MixedReplay, *, max_staged_steps: int = 2000,
-                 on_stored: Callable[[StepRecord], None] | None = None) -> None:
+    def __init__(self, replay: MixedReplay, *, max_staged_steps: int = 2000) -> None:
         if int(max_staged_steps) < 1:
             raise ValueError(f"max_staged_steps must be >= 1, got {max_staged_steps}")
         self.replay = replay
         self.max_staged_steps = int(max_staged_steps)
-        self.on_stored = on_stored
         self.actors: dict[str, _Actor] = {}
         self._holder: str | None = None  # actor whose episode is open in the ring
         self._order: collections.deque[str] = collections.deque()  # who staged first
@@ -178,8 +171,6 @@ class StepIntake:
         self.replay.online.stream_marks[actor] = {  # durable with the ring's next flush
             "episode": int(r.episode), "index": int(r.index), "stamp_ns": int(r.stamp_ns),
             "open": not r.is_last}
-        if self.on_stored is not None:
-            self.on_stored(r)
         if r.is_last:
             a.counts.episodes += 1
             self._holder = None
@@ -277,7 +268,7 @@ class StepIntake:
         if n > 0:
             c = self.actors.setdefault(actor, _Actor()).counts
             c.received += n
-            c.dropped[reason] = c.dropped.get(reason, 0) + n
+            c.drop(reason, n)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -296,6 +287,11 @@ class StepIntake:
             for k, v in c.dropped.items():
                 t.dropped[k] = t.dropped.get(k, 0) + v
         return t
+
+    @property
+    def stored(self) -> int:
+        """Steps written to the ring, all actors (the learner's update-to-data count)."""
+        return sum(a.counts.stored for a in self.actors.values())
 
     def counts(self) -> dict[str, ActorCounts]:
         return {k: a.counts for k, a in self.actors.items()}

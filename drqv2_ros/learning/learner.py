@@ -376,9 +376,7 @@ class DrQV2Learner:
                    std: float | torch.Tensor) -> TruncatedNormal:
         """``policy.actor_dist`` in the learner's precision (the distribution in float32)."""
         with self._autocast():
-            mu = self.policy.actor(low_dim, fused)
-        mu = mu.float()
-        return TruncatedNormal(mu, torch.ones_like(mu) * std)
+            return self.policy.actor_dist(low_dim, fused, std)
 
     def encode(self, rgb: torch.Tensor) -> torch.Tensor:
         """``policy.encode`` in the learner's precision."""

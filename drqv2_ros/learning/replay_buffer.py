@@ -732,9 +732,14 @@ class MixedReplay:
         plans = self.sample_plans(batch_size, rng)
         parts = [buf.gather_frames(plan) for buf, plan in plans]
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        out["is_offline"] = np.concatenate(
-            [np.full(plan["t"].shape[0], buf is self.offline) for buf, plan in plans])
+        out["is_offline"] = self.offline_mask(plans)
         return out
+
+    def offline_mask(self, plans: list[tuple[ReplayBuffer, dict[str, np.ndarray]]]
+                     ) -> np.ndarray:
+        """``is_offline`` (B,) bool of a batch made of :meth:`sample_plans` ``plans``."""
+        return np.concatenate(
+            [np.full(plan["t"].shape[0], buf is self.offline) for buf, plan in plans])
 
     def flush(self) -> None:
         self.online.flush()

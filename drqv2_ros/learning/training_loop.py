@@ -96,7 +96,7 @@ class Counters:
 
     @property
     def stored(self) -> int:
-        return self._stored
+        return self.intake.stored
 
     @property
     def interventions(self) -> int:
@@ -109,8 +109,6 @@ class Counters:
     @property
     def dropped(self) -> dict[str, int]:
         return self.intake.totals.dropped
-
-    _stored: int = 0  # kept here (read on every loop turn), advanced by the intake
 
 
 class TrainingLoop:
@@ -144,8 +142,7 @@ class TrainingLoop:
         self.spec = spec
         self.device_replay = self._device_replay(replay_mode)
         self.run_id = uuid.uuid4().hex[:12]
-        self.intake = StepIntake(self.replay, max_staged_steps=cfg.max_staged_steps,
-                                 on_stored=self._on_stored)
+        self.intake = StepIntake(self.replay, max_staged_steps=cfg.max_staged_steps)
         self.counters = Counters(self.intake)
         self.restored_actors = self.intake.restore()  # streams taken up after a restart
         if cfg.intake_queue_steps < 1:
@@ -196,9 +193,6 @@ class TrainingLoop:
             self._queue_full[actor] = self._queue_full.get(actor, 0) + 1
             return False
         return True
-
-    def _on_stored(self, record: StepRecord) -> None:
-        self.counters._stored += 1
 
     def drain(self, timeout: float = 0.0) -> int:
         for actor in list(self._queue_full):

@@ -410,8 +410,9 @@ class DrQV2Model(nn.Module):
     def actor_dist(
         self, low_dim: torch.Tensor | None, fused: torch.Tensor, std: float | torch.Tensor
     ) -> TruncatedNormal:
-        """TruncatedNormal(tanh mean, std) over (B, A) in [-1, 1]."""
-        mu = self.actor(low_dim, fused)
+        """TruncatedNormal(tanh mean, std) over (B, A) in [-1, 1], in float32 (also when the
+        actor ran under reduced-precision autocast)."""
+        mu = self.actor(low_dim, fused).float()
         return TruncatedNormal(mu, torch.ones_like(mu) * std)
 
     def std_at(self, step: int) -> float:
