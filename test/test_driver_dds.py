@@ -93,6 +93,20 @@ class Rig:
             return False
         wait_for(step, timeout, what, [self.driver], interval=0.1)
 
+    def settle(self, timeout=10.0) -> np.ndarray:
+        """Wait until the gripper site is at rest (moves < 0.3 mm in 0.2 s): a reset's motion
+        can still be running on a loaded machine, and the first EE command anchors its target
+        on the measured site."""
+        last = [self.gripper_xyz()]
+
+        def still():
+            time.sleep(0.2)
+            p = self.gripper_xyz()
+            moved, last[0] = np.linalg.norm(p - last[0]), p
+            return moved < 3e-4
+        wait_for(still, timeout, "gripper at rest", [self.driver], interval=0.0)
+        return last[0]
+
     def wait_status(self, pred, what, timeout=5.0):
         wait_for(lambda: pred(self.latest(self.status)), timeout, what, [self.driver])
         return self.latest(self.status)
@@ -187,7 +201,7 @@ def test_publishes_joint_states_and_images_at_rate(rig):
 def test_ee_command_moves_gripper_site_by_delta(rig):
     assert rig.trigger("reset_episode").success
     time.sleep(0.5)
-    p0 = rig.gripper_xyz()
+    p0 = rig.settle()
     steps = [(0.0, 0.5, -1.0)] * 3
     expected = np.zeros(3)
     for d in steps:                               # one command, then hold until it is there
@@ -196,7 +210,7 @@ def test_ee_command_moves_gripper_site_by_delta(rig):
         rig.wait_status(lambda s, a=applied: s.commands_applied > a, "command applied")
         expected = expected + 0.02 * np.asarray(d)  # ee_step_m 0.02 per unit
         rig.hold_until(lambda e=expected: np.linalg.norm(rig.gripper_xyz() - p0 - e) < 0.004,
-                       f"gripper at {np.round(expected, 3)}")
+                       f"gripper at {np.round(expected, 3)}", timeout=10.0)
     time.sleep(0.2)
     moved = rig.gripper_xyz() - p0
     err = np.linalg.norm(moved - expected)
