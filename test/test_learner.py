@@ -16,7 +16,8 @@ from torch import nn
 from drqv2_ros.acting.weights import actor_state_bytes, load_actor_bytes
 from drqv2_ros.learning.learner import DrQV2Learner, LearnerStateError, exploration_std
 from drqv2_ros.learning.pixel_task import make_config
-from drqv2_ros.policy.modeling_drqv2 import CheckpointError, DrQV2Policy, schedule
+from drqv2_ros.policy.modeling_drqv2 import CheckpointError, DrQV2Policy
+from drqv2_ros.policy.schedule import schedule
 
 
 def small_config(**kw):

@@ -51,6 +51,9 @@ def convert_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing written", file=sys.stderr)
         return 130
+    except (OSError, MemoryError) as exc:  # disk full, permissions: nothing was published
+        print(f"error: {type(exc).__name__}: {exc}; nothing written", file=sys.stderr)
+        return 2
     if not args.quiet:
         print(report.summary())
     return 0

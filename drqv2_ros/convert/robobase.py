@@ -44,12 +44,15 @@ from drqv2_ros.policy.configuration_drqv2 import (
     DrQV2Config,
     default_low_dim_layout,
 )
+from drqv2_ros.policy.file_limits import DEFAULT_LIMITS, LoadLimits
 from drqv2_ros.policy.modeling_drqv2 import (
     WEIGHTS_NAME,
     CheckpointError,
     DrQV2Model,
     DrQV2Policy,
+    check_shapes,
     check_state_dict,
+    model_shapes,
 )
 
 __all__ = [
@@ -379,12 +382,31 @@ def policy_from_snapshot(
     *,
     progress: bool = False,
     camera_names: list[str] | None = None,
+    limits: LoadLimits = DEFAULT_LIMITS,
 ) -> tuple[DrQV2Policy, ConversionReport]:
-    """Load, check and convert a RoboBase DrQ-v2 snapshot in memory (nothing written)."""
+    """Load, check and convert a RoboBase DrQ-v2 snapshot in memory (nothing written).
+
+    Every failure is a :class:`CheckpointError` with the reason: a malformed snapshot that
+    trips an unforeseen error in the inference (0-d weights, zero channels...) is reported as
+    such, never as a traceback."""
     path = Path(snapshot_path)
+    try:
+        return _policy_from_snapshot(path, progress, camera_names, limits)
+    except (CheckpointError, KeyboardInterrupt):
+        raise
+    except MemoryError:
+        raise CheckpointError(f"{path}: out of memory while converting") from None
+    except Exception as exc:
+        msg = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: not a usable RoboBase DrQ-v2 snapshot "
+                              f"({type(exc).__name__}: {msg})") from None
+
+
+def _policy_from_snapshot(path: Path, progress: bool, camera_names: list[str] | None,
+                          limits: LoadLimits) -> tuple[DrQV2Policy, ConversionReport]:
     with tqdm(total=4, desc="convert", unit="step", disable=not progress, leave=False) as bar:
         bar.set_postfix_str("loading (restricted unpickler)")
-        snap = safe_torch_load(path)
+        snap = safe_torch_load(path, limits=limits)
         bar.update()
         if not isinstance(snap, Mapping):
             raise CheckpointError(
@@ -474,9 +496,13 @@ def policy_from_snapshot(
             raise CheckpointError(f"{path}: {exc}") from None
 
         bar.set_postfix_str("building policy")
+        shapes = model_shapes(config, limits, str(path))  # sized before anything is built
+        unexpected = sorted(set(kept) - set(shapes))
+        if not unexpected:
+            check_shapes(shapes, {k: tuple(v.shape) for k, v in kept.items()},
+                         f"{path}: inconsistent snapshot")
         policy = DrQV2Policy(config, init_weights=False)
         expected = policy.state_dict()
-        unexpected = sorted(set(kept) - set(expected))
         if unexpected:
             raise CheckpointError(
                 f"{path}: unsupported RoboBase DrQ-v2 variant: unexpected tensors "
@@ -571,7 +597,8 @@ def _publish(tmp: Path, out_dir: Path) -> None:
 
 
 def load_checkpoint_any(
-    path: str | os.PathLike, *, map_location: str | torch.device = "cpu", progress: bool = False
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu", progress: bool = False,
+    limits: LoadLimits = DEFAULT_LIMITS,
 ) -> DrQV2Policy:
     """A validated :class:`DrQV2Policy` from a converted folder or a RoboBase ``.pt`` snapshot.
 
@@ -580,10 +607,10 @@ def load_checkpoint_any(
     """
     path = Path(path)
     if path.is_dir():
-        return DrQV2Policy.from_pretrained(path, map_location=map_location)
+        return DrQV2Policy.from_pretrained(path, map_location=map_location, limits=limits)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or folder")
-    policy, _report = policy_from_snapshot(path, progress=progress)
+    policy, _report = policy_from_snapshot(path, progress=progress, limits=limits)
     return policy.to(map_location)
 
 

@@ -24,6 +24,7 @@ import os
 import pickle
 import re
 import types
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +32,13 @@ from typing import Any
 
 import torch
 
-from drqv2_ros.policy.modeling_drqv2 import CheckpointError
+from drqv2_ros.policy.file_limits import (
+    DEFAULT_LIMITS,
+    CheckpointError,
+    LoadLimits,
+    check_torch_zip,
+    open_regular,
+)
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -90,7 +97,45 @@ class UnsafePickleError(CheckpointError):
         )
 
 
-def _make_pickle_module(path: str, allowed: frozenset[tuple[str, str]]) -> types.ModuleType:
+class _ViewBudget:
+    """Caps what the pickle's tensor views may describe: no view may hold more elements
+    than its storage (a stride-0 or overlapping expansion of a small storage would be
+    materialised in full by the first copy), and all views together at most twice the file's
+    bytes (many views of one storage)."""
+
+    def __init__(self, path: str, file_bytes: int):
+        self.path, self.left = path, 2 * file_bytes
+
+    def rebuild_tensor(self, storage, storage_offset, size, stride, *rest):
+        numel = 1
+        for n in size:
+            numel *= int(n)
+        with warnings.catch_warnings():  # TypedStorage's deprecation notice
+            warnings.simplefilter("ignore")
+            held, item = storage.size(), storage.element_size()
+        if numel > held:
+            raise CheckpointError(
+                f"{self.path}: a tensor view declares {numel} elements over a storage of "
+                f"{held} (stride-0 or overlapping expansion); refused")
+        self.left -= numel * item
+        if self.left < 0:
+            raise CheckpointError(f"{self.path}: tensor views declare more than twice the "
+                                  "file's bytes; refused")
+        return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, *rest)
+
+
+def _bytes(*args):
+    """``bytes`` without its ``bytes(n)`` form (n zero bytes from a 5-byte pickle)."""
+    if args and isinstance(args[0], int):
+        raise CheckpointError("the pickle calls bytes(<int>) (allocation from a count); refused")
+    return bytes(*args)
+
+
+def _make_pickle_module(path: str, allowed: frozenset[tuple[str, str]],
+                        budget: _ViewBudget) -> types.ModuleType:
+    replaced = {("torch._utils", "_rebuild_tensor_v2"): budget.rebuild_tensor,
+                ("builtins", "bytes"): _bytes}
+
     class RestrictedUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str):
             # Python-2 era names (protocol 2 pickles say __builtin__.long).
@@ -100,6 +145,8 @@ def _make_pickle_module(path: str, allowed: frozenset[tuple[str, str]]) -> types
                 module = _compat_pickle.IMPORT_MAPPING[module]
             if (module, name) not in allowed:
                 raise UnsafePickleError(path, f"{module}.{name}")
+            if (module, name) in replaced:
+                return replaced[(module, name)]
             return getattr(importlib.import_module(module), name)
 
     def _refuse_load(*_a, **_k):
@@ -112,20 +159,13 @@ def _make_pickle_module(path: str, allowed: frozenset[tuple[str, str]]) -> types
     return mod
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise CheckpointError(f"{path}: file not found")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a torch snapshot file")
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+def _check_head(path: Path, f, size: int) -> None:
+    head = f.read(8)
+    f.seek(0)
     if size == 0:
         raise CheckpointError(f"{path}: empty file, not a torch snapshot")
-    if zipfile.is_zipfile(path):
+    if zipfile.is_zipfile(f):
+        f.seek(0)
         return
     if head.startswith(b"PK\x03\x04"):
         raise CheckpointError(
@@ -140,30 +180,36 @@ def _check_file(path: Path) -> None:
 
 
 def safe_torch_load(
-    path: str | os.PathLike, *, extra_allowed: frozenset[tuple[str, str]] = frozenset()
+    path: str | os.PathLike, *, extra_allowed: frozenset[tuple[str, str]] = frozenset(),
+    limits: LoadLimits = DEFAULT_LIMITS,
 ) -> Any:
-    """``torch.load`` onto the CPU with the global allow-list; never executes other code.
+    """``torch.load`` onto the CPU with the global allow-list; never executes other code,
+    never reads a non-regular file, never allocates more than twice the file's bytes.
 
     Raises :class:`UnsafePickleError` for a forbidden global and :class:`CheckpointError`
-    for a missing, empty, truncated or non-torch file.
+    for a missing, non-regular, oversized, empty, truncated or non-torch file.
     """
     path = Path(path)
-    _check_file(path)
     if os.getenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
         raise CheckpointError(
             "TORCH_FORCE_WEIGHTS_ONLY_LOAD is set: torch then refuses the restricted "
             "unpickler this loader uses (RoboBase's omegaconf cfg needs it); unset it"
         )
-    module = _make_pickle_module(str(path), ALLOWED_GLOBALS | extra_allowed)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=module)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # zip/pickle/storage errors of a damaged file
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: corrupt or truncated torch file ({type(exc).__name__}: {msg[:200]})"
-        ) from None
+    with open_regular(path, limits.max_file_bytes, "snapshot file") as f:
+        size = os.fstat(f.fileno()).st_size
+        _check_head(path, f, size)
+        check_torch_zip(f, path, limits)
+        module = _make_pickle_module(str(path), ALLOWED_GLOBALS | extra_allowed,
+                                     _ViewBudget(str(path), size))
+        try:
+            return torch.load(f, map_location="cpu", weights_only=False, pickle_module=module)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # zip/pickle/storage errors of a damaged file
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"{path}: corrupt or truncated torch file ({type(exc).__name__}: {msg[:200]})"
+            ) from None
 
 
 # ---------------------------------------------------------------- omegaconf -> plain dicts
@@ -171,18 +217,44 @@ _INTERP = re.compile(r"\$\{([^${}]+)\}")
 _FULL_INTERP = re.compile(r"^\$\{([A-Za-z0-9_.\-]+)\}$")
 
 
+#: Most nodes (dict entries, list items, scalars) a snapshot cfg may expand to, and its
+#: deepest nesting: RoboBase's cfg has ~300 nodes, 5 levels. A self-referencing container
+#: or a "billion laughs" of shared lists would otherwise recurse or expand without end.
+MAX_CFG_NODES = 100_000
+MAX_CFG_DEPTH = 64
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.left = MAX_CFG_NODES
+
+    def take(self, depth: int) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise CheckpointError(f"snapshot cfg expands to more than {MAX_CFG_NODES} values "
+                                  "(shared or self-referencing containers?); refused")
+        if depth > MAX_CFG_DEPTH:
+            raise CheckpointError(f"snapshot cfg nested deeper than {MAX_CFG_DEPTH} levels "
+                                  "(self-referencing?); refused")
+
+
 def to_plain(cfg: Any) -> Any:
     """omegaconf DictConfig/ListConfig (or dicts) -> plain dict/list, interpolations resolved.
 
     Only plain ``${path.to.key}`` references are resolved (here, without omegaconf
     resolvers); anything else (``${oc.env:...}``, custom resolvers) is left as the literal
-    string. ``???`` (missing) values are kept as the string ``"???"``.
+    string. ``???`` (missing) values are kept as the string ``"???"``. Bounded: at most
+    :data:`MAX_CFG_NODES` values, :data:`MAX_CFG_DEPTH` levels (else CheckpointError).
     """
-    plain = _container(cfg)
-    return resolve_interpolations(plain) if isinstance(plain, dict) else plain
+    try:
+        plain = _container(cfg, _Budget(), 0)
+        return resolve_interpolations(plain) if isinstance(plain, dict) else plain
+    except RecursionError:
+        raise CheckpointError("snapshot cfg is self-referencing; refused") from None
 
 
-def _container(obj: Any) -> Any:
+def _container(obj: Any, budget: _Budget, depth: int) -> Any:
+    budget.take(depth)
     try:
         from omegaconf import DictConfig, ListConfig, OmegaConf
     except ImportError:  # pragma: no cover - omegaconf is a dependency
@@ -190,17 +262,19 @@ def _container(obj: Any) -> Any:
     if DictConfig and isinstance(obj, (DictConfig, ListConfig)):
         try:
             obj = OmegaConf.to_container(obj, resolve=False, throw_on_missing=False)
+        except CheckpointError:
+            raise
         except Exception as exc:
             raise CheckpointError(
-                f"snapshot cfg is not a readable omegaconf config ({exc})"
+                f"snapshot cfg is not a readable omegaconf config ({type(exc).__name__})"
             ) from None
     if isinstance(obj, Mapping):
-        return {str(k): _container(v) for k, v in obj.items()}
+        return {str(k)[:1000]: _container(v, budget, depth + 1) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_container(v) for v in obj]
+        return [_container(v, budget, depth + 1) for v in obj]
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
-    return str(obj)
+    return f"<{type(obj).__name__}>"
 
 
 def _lookup(root: dict, dotted: str) -> Any:
@@ -216,19 +290,22 @@ def _lookup(root: dict, dotted: str) -> Any:
 
 
 def resolve_interpolations(root: dict, max_depth: int = 16) -> dict:
-    """Resolve ``${a.b}`` references inside a plain config dict (no resolvers, no env)."""
+    """Resolve ``${a.b}`` references inside a plain config dict (no resolvers, no env);
+    bounded like :func:`to_plain` (references that expand without end are refused)."""
+    budget = _Budget()
 
-    def resolve(value: Any, depth: int) -> Any:
+    def resolve(value: Any, depth: int, nest: int) -> Any:
+        budget.take(nest)
         if isinstance(value, dict):
-            return {k: resolve(v, depth) for k, v in value.items()}
+            return {k: resolve(v, depth, nest + 1) for k, v in value.items()}
         if isinstance(value, list):
-            return [resolve(v, depth) for v in value]
+            return [resolve(v, depth, nest + 1) for v in value]
         if not isinstance(value, str) or "${" not in value or depth > max_depth:
             return value
         m = _FULL_INTERP.match(value)
         if m:
             try:
-                return resolve(_lookup(root, m.group(1)), depth + 1)
+                return resolve(_lookup(root, m.group(1)), depth + 1, nest + 1)
             except KeyError:
                 return value
 
@@ -237,11 +314,11 @@ def resolve_interpolations(root: dict, max_depth: int = 16) -> dict:
             if ":" in key:  # a resolver call: never run it
                 return mm.group(0)
             try:
-                target = resolve(_lookup(root, key), depth + 1)
+                target = resolve(_lookup(root, key), depth + 1, nest + 1)
             except KeyError:
                 return mm.group(0)
-            return str(target) if not isinstance(target, (dict, list)) else mm.group(0)
+            return str(target)[:10_000] if not isinstance(target, (dict, list)) else mm.group(0)
 
         return _INTERP.sub(sub, value)
 
-    return resolve(root, 0)
+    return resolve(root, 0, 0)

@@ -60,7 +60,6 @@ from drqv2_ros.policy.modeling_drqv2 import (
     RandomShiftsAug,
     TruncatedNormal,
     check_state_dict,
-    schedule,
 )
 
 __all__ = [
@@ -92,7 +91,7 @@ def exploration_std(config: DrQV2Config, iteration: int) -> float:
 
     The same schedule drives the learner's target/actor-loss sampling and the acting noise.
     """
-    return float(schedule(config.stddev_schedule, int(iteration)))
+    return config.std_at(int(iteration))
 
 
 def explore_action(

@@ -7,9 +7,9 @@ from drqv2_ros.policy.modeling_drqv2 import (
     DrQV2Policy,
     RandomShiftsAug,
     TruncatedNormal,
-    schedule,
     weight_init,
 )
+from drqv2_ros.policy.schedule import ScheduleError, StdSchedule, schedule
 
 __all__ = [
     "CheckpointError",
@@ -19,6 +19,8 @@ __all__ = [
     "DrQV2Policy",
     "RandomShiftsAug",
     "TruncatedNormal",
+    "ScheduleError",
+    "StdSchedule",
     "schedule",
     "weight_init",
 ]

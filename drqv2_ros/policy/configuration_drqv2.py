@@ -16,12 +16,12 @@ import dataclasses
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from drqv2_ros.atomic_write import atomic_write_text
+from drqv2_ros.policy.schedule import ScheduleError, parse_schedule, schedule
 
 CONFIG_NAME = "config.json"
 
@@ -38,10 +38,20 @@ PICK101_LOW_DIM_LAYOUT_21: list[tuple[str, int, str]] = PICK101_LOW_DIM_LAYOUT_1
     ("cube_pos", 3, "m"),
 ]
 
-_SCHEDULE_RE = re.compile(
-    r"^\s*(?:[-+0-9.eE]+|linear\(([^,]+),([^,]+),([^,]+)\)"
-    r"|step_linear\(([^,]+),([^,]+),([^,]+),([^,]+),([^,]+)\))\s*$"
-)
+
+# Schema ceilings: far above any DrQ-v2 network, low enough that a small hostile config cannot
+# make a loader build (or even describe) a giant model. Sizes are also checked against the
+# weights file before anything is allocated (``modeling_drqv2.model_shapes``).
+_MAX_WIDTH = 1 << 16
+_UPPER_BOUNDS = {
+    "num_views": 16, "camera_names": 16, "channels_per_frame": 16, "image_height": 4096,
+    "image_width": 4096, "frame_stack": 64, "low_dim_size": 1 << 16, "low_dim_per_frame": 4096,
+    "low_dim_layout": 64, "time_obs_size": 1 << 16, "action_dim": 64, "encoder_channels": 4096,
+    "encoder_num_downsample_convs": 16, "encoder_num_post_downsample_convs": 64,
+    "encoder_kernel_size": 64, "bottleneck_size": _MAX_WIDTH, "actor_mlp_nodes": 32,
+    "critic_mlp_nodes": 32, "num_critics": 64, "nstep": 1000, "aug_pad": 1024,
+    "batch_size": 1 << 20, "defaulted": 256,
+}
 
 
 class ConfigError(ValueError):
@@ -217,8 +227,6 @@ class DrQV2Config:
 
     def std_at(self, step: int) -> float:
         """Exploration std of the schedule at a main-loop iteration."""
-        from drqv2_ros.policy.modeling_drqv2 import schedule
-
         return schedule(self.stddev_schedule, step)
 
     # ------------------------------------------------------------------ validation
@@ -244,6 +252,15 @@ class DrQV2Config:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, most in _UPPER_BOUNDS.items():
+            v = getattr(self, name)
+            if (len(v) if isinstance(v, list) else v) > most:
+                raise ConfigError(f"{name} {'has more than' if isinstance(v, list) else 'is above'}"
+                                  f" {most}{' entries' if isinstance(v, list) else ''} "
+                                  "(schema limit)")
+        for name in ("actor_mlp_nodes", "critic_mlp_nodes"):
+            if any(n > _MAX_WIDTH for n in getattr(self, name)):
+                raise ConfigError(f"{name} entries must be <= {_MAX_WIDTH} (schema limit)")
         for name in [
             "low_dim_size", "low_dim_per_frame", "time_obs_size", "aug_pad",
             "encoder_num_downsample_convs", "encoder_num_post_downsample_convs",
@@ -286,8 +303,10 @@ class DrQV2Config:
         for name in ["actor_mlp_nodes", "critic_mlp_nodes"]:
             if any(n < 1 for n in getattr(self, name)):
                 raise ConfigError(f"{name} entries must be >= 1: {getattr(self, name)}")
-        if not _SCHEDULE_RE.match(self.stddev_schedule):
-            raise ConfigError(f"stddev_schedule {self.stddev_schedule!r} is not understood")
+        try:
+            parse_schedule(self.stddev_schedule)
+        except ScheduleError as exc:
+            raise ConfigError(f"stddev_schedule: {exc}") from None
         for name in [
             "stddev_clip", "critic_target_tau", "discount", "actor_lr", "critic_lr",
             "encoder_lr", "view_fusion_lr", "weight_decay", "action_scale_m",
@@ -333,7 +352,7 @@ class DrQV2Config:
     def from_json(cls, text: str) -> DrQV2Config:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise ConfigError(f"config is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 

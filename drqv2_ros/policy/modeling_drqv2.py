@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -52,6 +51,13 @@ from torch import nn
 
 from drqv2_ros.atomic_write import atomic_write_bytes
 from drqv2_ros.policy.configuration_drqv2 import CONFIG_NAME, ConfigError, DrQV2Config
+from drqv2_ros.policy.file_limits import (
+    DEFAULT_LIMITS,
+    CheckpointError,
+    LoadLimits,
+    read_text,
+    safetensors_header,
+)
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -60,7 +66,6 @@ __all__ = [
     "CheckpointError",
     "weight_init",
     "TruncatedNormal",
-    "schedule",
     "RandomShiftsAug",
     "MultiViewConvEncoder",
     "flatten_views",
@@ -69,12 +74,10 @@ __all__ = [
     "Critic",
     "DrQV2Model",
     "DrQV2Policy",
+    "check_shapes",
     "check_state_dict",
+    "model_shapes",
 ]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint (snapshot or converted folder) cannot be used; the message says why."""
 
 
 # ----------------------------------------------------------------------------- utilities
@@ -121,38 +124,6 @@ class TruncatedNormal(pyd.Normal):
         if clip is not None:
             noise = torch.clamp(noise, -clip, clip)
         return self._clamp(self.loc + noise)
-
-
-_LINEAR = re.compile(r"linear\((.+),(.+),(.+)\)")
-_STEP_LINEAR = re.compile(r"step_linear\((.+),(.+),(.+),(.+),(.+)\)")
-
-
-def schedule(spec: str | float, step: int | float) -> float:
-    """Value of a RoboBase/DrQ-v2 schedule at ``step``.
-
-    ``spec`` is a constant ("0.2"), ``linear(init,final,N)`` (init -> final over N steps, then
-    constant) or ``step_linear(init,final1,N1,final2,N2)`` (init -> final1 over N1, then
-    final1 -> final2 over the next N2).
-    """
-    try:
-        return float(spec)
-    except (TypeError, ValueError):
-        pass
-    spec = str(spec).strip()
-    m = _STEP_LINEAR.fullmatch(spec)
-    if m:
-        init, final1, n1, final2, n2 = (float(g) for g in m.groups())
-        if step <= n1:
-            mix = float(np.clip(step / n1, 0.0, 1.0))
-            return (1.0 - mix) * init + mix * final1
-        mix = float(np.clip((step - n1) / n2, 0.0, 1.0))
-        return (1.0 - mix) * final1 + mix * final2
-    m = _LINEAR.fullmatch(spec)
-    if m:
-        init, final, n = (float(g) for g in m.groups())
-        mix = float(np.clip(step / n, 0.0, 1.0))
-        return (1.0 - mix) * init + mix * final
-    raise ValueError(f"unknown schedule {spec!r}")
 
 
 class RandomShiftsAug(nn.Module):
@@ -417,7 +388,7 @@ class DrQV2Model(nn.Module):
 
     def std_at(self, step: int) -> float:
         """Scheduled exploration std at main-loop iteration ``step``."""
-        return schedule(self.config.stddev_schedule, step)
+        return self.config.std_at(step)
 
     @torch.no_grad()
     def soft_update_target(self, tau: float | None = None) -> None:
@@ -440,10 +411,10 @@ class DrQV2Model(nn.Module):
         }
 
 
-def check_state_dict(
-    expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], what: str
+def check_shapes(
+    expected: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]], what: str
 ) -> None:
-    """Strictly compare a state dict against a model's: names, shapes, dtype, finiteness."""
+    """Names and shapes of a state dict against the model's (no tensor data needed)."""
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     if missing or unexpected:
@@ -454,18 +425,40 @@ def check_state_dict(
             parts.append(f"unexpected {len(unexpected)} tensors {_short(unexpected)}")
         raise CheckpointError(f"{what}: " + "; ".join(parts))
     for k, ref in expected.items():
-        t = got[k]
+        if tuple(got[k]) != tuple(ref):
+            raise CheckpointError(f"{what}: {k} has shape {tuple(got[k])}, expected {tuple(ref)}")
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], what: str
+) -> None:
+    """Strictly compare a state dict against a model's: names, shapes, dtype, finiteness."""
+    for k, t in got.items():
         if not isinstance(t, torch.Tensor):
             raise CheckpointError(f"{what}: {k} is a {type(t).__name__}, not a tensor")
-        if tuple(t.shape) != tuple(ref.shape):
-            raise CheckpointError(
-                f"{what}: {k} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}"
-            )
+    check_shapes({k: tuple(v.shape) for k, v in expected.items()},
+                 {k: tuple(v.shape) for k, v in got.items()}, what)
+    for k in expected:
+        t = got[k]
         if not t.is_floating_point():
             raise CheckpointError(f"{what}: {k} has dtype {t.dtype}, expected floating point")
         if not bool(torch.isfinite(t).all()):
             n_bad = int((~torch.isfinite(t)).sum())
             raise CheckpointError(f"{what}: {k} contains {n_bad} NaN/Inf values")
+
+
+def model_shapes(config: DrQV2Config, limits: LoadLimits = DEFAULT_LIMITS,
+                 what: str = "config") -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor the config implies, sized on the meta device (nothing
+    allocated); refused when the model would exceed ``limits.max_file_bytes`` in float32."""
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape)
+                  for k, v in DrQV2Model(config, init_weights=False).state_dict().items()}
+    nbytes = 4 * sum(int(np.prod(s)) for s in shapes.values())
+    if nbytes > limits.max_file_bytes:
+        raise CheckpointError(f"{what}: declares a model of {nbytes} bytes, above the limit of "
+                              f"{limits.max_file_bytes} bytes")
+    return shapes
 
 
 def _short(names: list[str], n: int = 6) -> str:
@@ -610,12 +603,15 @@ class DrQV2Policy(DrQV2Model):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+        cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+        limits: LoadLimits = DEFAULT_LIMITS,
     ) -> DrQV2Policy:
-        """Load a folder written by :meth:`save_pretrained` (or the converter), strictly.
+        """Load a folder written by :meth:`save_pretrained` (or the converter), strictly and
+        at a bounded cost: the config is size-limited and schema-checked, the weights file's
+        header is compared with the shapes the config implies before any tensor is read.
 
-        Raises :class:`CheckpointError` for a missing folder/file, a bad config, missing,
-        unexpected or mis-shaped tensors, and NaN/Inf values.
+        Raises :class:`CheckpointError` for a missing folder/file, a non-regular or oversized
+        file, a bad config, missing, unexpected or mis-shaped tensors, and NaN/Inf values.
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -624,13 +620,15 @@ class DrQV2Policy(DrQV2Model):
         if not directory.is_dir():
             raise CheckpointError(f"{directory}: not a checkpoint folder")
         weights = directory / WEIGHTS_NAME
-        if not (directory / CONFIG_NAME).is_file() or not weights.is_file():
-            raise CheckpointError(f"{directory}: needs {CONFIG_NAME} and {WEIGHTS_NAME}")
         try:
-            config = DrQV2Config.from_pretrained(directory)
+            config = DrQV2Config.from_json(
+                read_text(directory / CONFIG_NAME, limits.max_config_bytes, CONFIG_NAME))
         except ConfigError as exc:
             raise CheckpointError(f"{directory / CONFIG_NAME}: {exc}") from None
-        try:
+        expected = model_shapes(config, limits, str(directory / CONFIG_NAME))
+        header = safetensors_header(weights, limits)
+        check_shapes(expected, {k: s for k, (_d, s) in header.items()}, str(weights))
+        try:  # memory-mapped: the header above bounds every tensor by the file's bytes
             tensors = load_file(str(weights), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from None
