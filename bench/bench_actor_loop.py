@@ -8,7 +8,7 @@ In-process baselines (this process, torch 1 thread like the policy node, measure
 before any node runs):
 
 - ``forward``: ``DrQV2Policy.select_action`` batch 1 (explore=True, as the node acts);
-- ``from_pretrained``: ``DrQV2Policy.from_pretrained(folder)``; also ``load_runner`` (what
+- ``from_pretrained``: ``DrQV2Policy.from_pretrained(folder)``; also ``load_isolated`` (what
   the node's ``/load_checkpoint`` does: load + validate + dry-run forward) for the folder
   and for the RoboBase ``.pt`` (converted in memory);
 - ``weights raw``: ``learning.learner.actor_state_bytes`` (serialise) + SHA-256 +
@@ -65,7 +65,8 @@ sys.path.insert(0, str(ROOT / "test"))
 
 from ros_harness import NodeProcess, Probe, allocate_domain_id, ros_environment, wait_for  # noqa: E402
 
-from drqv2_ros.acting.policy_runner import PolicyRunner, load_runner  # noqa: E402
+from drqv2_ros.acting.loader import load_isolated  # noqa: E402
+from drqv2_ros.acting.policy_runner import PolicyRunner  # noqa: E402
 from drqv2_ros.acting.weights import (  # noqa: E402
     WeightsPacket,
     actor_state_bytes,
@@ -136,11 +137,10 @@ def baselines(tmp: Path, quick: bool) -> dict:
     out["from_pretrained_ms"] = [x * 1e3 for x in
                                  timeit(lambda: DrQV2Policy.from_pretrained(ckpt), n)]
     out["load_pt_ms"] = [x * 1e3 for x in timeit(lambda: load_checkpoint_any(pt), n)]
-    shape = (c.num_views, c.channels_per_frame, c.image_height, c.image_width)
-    out["load_runner_folder_ms"] = [x * 1e3 for x in
-                                    timeit(lambda: load_runner(ckpt, image_shape=shape), n)]
-    out["load_runner_pt_ms"] = [x * 1e3 for x in
-                                timeit(lambda: load_runner(pt, image_shape=shape), n)]
+    out["load_isolated_folder_ms"] = [x * 1e3 for x in
+                                    timeit(lambda: load_isolated(ckpt), n)]
+    out["load_isolated_pt_ms"] = [x * 1e3 for x in
+                                timeit(lambda: load_isolated(pt), n)]
 
     # 3. weights: serialise (learner), hash, verify + load (actor)
     full = DrQV2Policy.from_pretrained(ckpt)  # the learner holds critics too
@@ -430,9 +430,9 @@ def report(base: dict, g: dict, info: dict) -> dict:
     row("image stamp -> cmd, during swaps", S["total_ms"])
     row("  tick -> cmd received, during swaps", S["tick_to_recv_ms"])
     row("from_pretrained folder (in-proc)", base["from_pretrained_ms"], "baseline 2")
-    row("load_runner folder (in-proc)", base["load_runner_folder_ms"], "node's work")
+    row("load_isolated folder (child process)", base["load_isolated_folder_ms"], "node's work")
     row("load_checkpoint_any .pt (in-proc)", base["load_pt_ms"])
-    row("load_runner .pt (in-proc)", base["load_runner_pt_ms"], "node's work")
+    row("load_isolated .pt (child process)", base["load_isolated_pt_ms"], "node's work")
     row("/load_checkpoint folder round trip", g["swap_ms"]["folder"], "while training")
     row("/load_checkpoint .pt round trip", g["swap_ms"]["pt"], "while training")
     row("actor_state_bytes (serialise)", base["serialise_ms"])
@@ -462,10 +462,10 @@ def report(base: dict, g: dict, info: dict) -> dict:
             pct(g["swap_ms"]["folder"], 50) / pct(base["from_pretrained_ms"], 50),
         "swap_pt_p50 / from_pretrained_p50":
             pct(g["swap_ms"]["pt"], 50) / pct(base["from_pretrained_ms"], 50),
-        "swap_folder_p50 / load_runner_folder_p50":
-            pct(g["swap_ms"]["folder"], 50) / pct(base["load_runner_folder_ms"], 50),
-        "swap_pt_p50 / load_runner_pt_p50":
-            pct(g["swap_ms"]["pt"], 50) / pct(base["load_runner_pt_ms"], 50),
+        "swap_folder_p50 / load_isolated_folder_p50":
+            pct(g["swap_ms"]["folder"], 50) / pct(base["load_isolated_folder_ms"], 50),
+        "swap_pt_p50 / load_isolated_pt_p50":
+            pct(g["swap_ms"]["pt"], 50) / pct(base["load_isolated_pt_ms"], 50),
         "push_applied_p50 / raw_weights_p50": pct(g["push_to_applied_ms"], 50) / pct(raw, 50),
     }
     print()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 
@@ -151,12 +152,10 @@ def test_hot_swap_misses_no_tick(graph):
     if missed:
         # Only an overloaded machine may delay ticks: the same window without any swap
         # must then lose about as many, else the swaps themselves stalled the control loop
-        # (a stall per swap shows as 6). Allowance 3: converting a 41 MB RoboBase .pt in the
-        # policy process's loader thread holds the GIL long enough to delay one tick per .pt
-        # swap on a slow 2-core machine (seen: 3 with 0 background, the machine 2x slower than
-        # usual); issue 14 moves loading out of the control process and can restore 1.
+        # (a stall per swap shows as 6). Loading runs in a child process (acting.loader), so
+        # the policy process only rebuilds the actor from the child's blob.
         background, _ = _missed_during(graph, lambda: None, seconds=took)
-        assert missed <= background + 3, (
+        assert missed <= background + 1, (
             f"{missed} control ticks missed during 6 hot-swaps ({took:.1f} s) vs "
             f"{background} in the same time without swaps")
 
@@ -184,6 +183,16 @@ def _bad_checkpoints(tmp):
     torch.save({"agent": {}, "cfg": Evil()}, tmp / "evil.pt")
     out["hostile pickle"] = tmp / "evil.pt"
     out["missing"] = tmp / "does_not_exist"
+    other = DrQV2Policy(DrQV2Config(frame_stack=2, low_dim_size=36))
+    out["another frame stack"] = other.save_pretrained(tmp / "bad_stack")
+    sched = tmp / "bad_schedule"
+    shutil.copytree(tmp / "ckpt", sched)
+    cfg = json.loads((sched / "config.json").read_text())
+    cfg["stddev_schedule"] = "linear(1.0,0.1,0)"   # parses, divides by zero at every step
+    (sched / "config.json").write_text(json.dumps(cfg))
+    out["schedule dividing by zero"] = sched
+    os.mkfifo(tmp / "pipe.pt")
+    out["named pipe"] = tmp / "pipe.pt"
     return out, marker
 
 
@@ -191,17 +200,25 @@ def test_bad_checkpoints_refused_and_control_continues(graph):
     bad, marker = _bad_checkpoints(graph.tmp)
     wait_for(lambda: "hot_swaps" in graph.last_status(), 10, "policy status", graph.procs)
     n_status, swaps0 = len(graph.status), graph.last_status()["hot_swaps"]
+    reasons = {"wrong image size": "image_height", "another frame stack": "frame_stack is 2",
+               "schedule dividing by zero": "durations", "named pipe": "named pipe",
+               "NaN weights": "NaN/Inf", "truncated": "truncated|corrupt|inconsistent"}
     for what, path in bad.items():
         since = len(graph.cmds)
         r = _swap(graph, path)
         assert not r.success, f"{what} accepted"
         assert r.message.startswith("refused") and r.loaded == ""
+        assert re.search(reasons.get(what, ""), r.message), (what, r.message)
         wait_for(lambda n=since: len(graph.cmds) > n + 2, 10,
                  f"commands after refusing {what}", graph.procs)
     assert not marker.exists(), "the hostile pickle ran code"
     sources = {json.loads(m.data)["source"] for _, m in graph.status[n_status:]}
     assert not sources & {str(p) for p in bad.values()}, "a refused checkpoint became active"
     assert graph.last_status()["hot_swaps"] == swaps0
+    # the two that loaded but did not fit the loop (image size, frame stack) were refused by
+    # the actor's contract; the others already by the loader
+    wait_for(lambda: graph.last_status()["refused_swaps"] >= 2, 5, "refusals in the status",
+             graph.procs)
     r = _swap(graph, bad["hostile pickle"])
     assert "system" in r.message
 

@@ -1,28 +1,21 @@
-"""A loaded DrQ-v2 policy ready for the control loop: checked against the live sensors,
-numpy in, numpy out, exploration std from the schedule at the weights' step.
+"""A loaded DrQ-v2 policy ready for the control loop: numpy in, numpy out, exploration std
+from the schedule at the weights' step.
 
-Hot-swaps build a new :class:`PolicyRunner` off the control thread (:func:`load_runner`)
-and hand it to ``ControlLoop.swap_policy``; learner weight pushes are applied the same way.
+Whether a runner may act in a given loop is decided by ``acting.contract.ActorContract``;
+how a checkpoint file becomes a runner without stalling control, by ``acting.loader``.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from drqv2_ros.acting.weights import WeightsError, WeightsPacket, load_actor_bytes
-from drqv2_ros.observation.low_dim import LowDimLayout
 from drqv2_ros.policy.configuration_drqv2 import DrQV2Config
 from drqv2_ros.policy.modeling_drqv2 import CheckpointError, DrQV2Policy
-
-
-class IncompatibleCheckpoint(ValueError):
-    """The checkpoint does not fit the live sensors or cannot run safely."""
 
 
 class PolicyRunner:
@@ -40,46 +33,44 @@ class PolicyRunner:
         self.run_id = ""
         self.schedule_step = (self.config.main_loop_iterations if schedule_step is None
                               else schedule_step)
-        self.layout = LowDimLayout.infer(self.config.low_dim_size, self.config.frame_stack)
         self._gen = torch.Generator().manual_seed(seed)
 
-    # -- validation ------------------------------------------------------------------------
-    def check_sensors(self, image_shape: tuple[int, int, int, int] | None) -> None:
-        """Refuse a checkpoint whose image layout differs from the live camera's
-        ((V, C, H, W) of one frame)."""
-        c = self.config
-        want = (c.num_views, c.channels_per_frame, c.image_height, c.image_width)
-        if image_shape is not None and tuple(image_shape) != want:
-            raise IncompatibleCheckpoint(
-                f"checkpoint expects frames {want} (views, channels, H, W), the live camera "
-                f"delivers {tuple(image_shape)}")
-
-    def check_finite_and_run(self) -> None:
-        for k, v in self.policy.state_dict().items():
-            if v.is_floating_point() and not torch.isfinite(v).all():
-                raise IncompatibleCheckpoint(f"{k} has NaN/Inf values")
-        c = self.config
-        rgb = np.zeros((c.num_views, c.frame_stack * c.channels_per_frame, c.image_height,
-                        c.image_width), np.uint8)
-        a = self(rgb, np.zeros(c.low_dim_size, np.float32), False)
-        if not np.all(np.isfinite(a)):
-            raise IncompatibleCheckpoint("a dry-run forward pass gave a non-finite action")
+    @classmethod
+    def from_actor_bytes(cls, config: DrQV2Config, data: bytes, **kw) -> PolicyRunner:
+        """A runner from a config and the encoder + actor safetensors blob
+        (``weights.actor_state_bytes``): built on the meta device, then only the acting
+        parts are allocated and loaded (names, shapes, finiteness checked)."""
+        with torch.device("meta"):
+            policy = DrQV2Policy(config, init_weights=False)
+        for name in ("critic", "critic_target"):
+            setattr(policy, name, torch.nn.Module())
+        policy.to_empty(device="cpu")
+        load_actor_bytes(policy, data)
+        return cls(policy, **kw)
 
     def summary(self) -> dict:
         c = self.config
         return {"source": self.source, "views": c.num_views, "image": [c.image_height,
                 c.image_width], "frame_stack": c.frame_stack, "low_dim_size": c.low_dim_size,
-                "low_dim_layout": [n for n, _ in self.layout.fields],
+                "low_dim_layout": [e[0] for e in c.low_dim_layout],
                 "action_dim": c.action_dim, "schedule_step": self.schedule_step,
                 "weights_version": self.weights_version}
 
     # -- acting ----------------------------------------------------------------------------
     def __call__(self, rgb: np.ndarray, low_dim: np.ndarray, explore: bool) -> np.ndarray:
+        return self._act(rgb, low_dim, explore, self._gen)
+
+    def act_quietly(self, rgb: np.ndarray, low_dim: np.ndarray, explore: bool) -> np.ndarray:
+        """An action drawn from a private generator (a dry run leaves the live noise stream
+        as it was)."""
+        return self._act(rgb, low_dim, explore, torch.Generator().manual_seed(0))
+
+    def _act(self, rgb, low_dim, explore, gen) -> np.ndarray:
         batch = {"rgb": torch.from_numpy(np.ascontiguousarray(rgb)).unsqueeze(0),
                  "observation.state": torch.from_numpy(np.ascontiguousarray(low_dim))}
         # RoboBase acts with unclipped TruncatedNormal noise (stddev_clip is for the update).
         a = self.policy.select_action(batch, step=self.schedule_step, explore=explore,
-                                      clip=None, generator=self._gen)
+                                      clip=None, generator=gen)
         return a[0].numpy()
 
     # -- learner weights --------------------------------------------------------------------
@@ -96,23 +87,6 @@ class PolicyRunner:
         runner.run_id = packet.run_id
         runner._gen = self._gen
         return runner
-
-
-def load_runner(path: str | os.PathLike, *, image_shape=None, root: str = "") -> PolicyRunner:
-    """Load, convert (RoboBase .pt, safely) and fully validate a checkpoint for hot-swap.
-    Raises ``CheckpointError`` / ``IncompatibleCheckpoint`` with the reason."""
-    from drqv2_ros.convert.robobase import load_checkpoint_any
-
-    p = Path(path).expanduser()
-    if root:
-        rp = Path(root).expanduser().resolve()
-        if not p.resolve().is_relative_to(rp):
-            raise IncompatibleCheckpoint(f"{p} is outside the allowed checkpoint root {rp}")
-    policy = load_checkpoint_any(p)
-    runner = PolicyRunner(policy, source=str(p))
-    runner.check_sensors(image_shape)
-    runner.check_finite_and_run()
-    return runner
 
 
 def describe(runner: PolicyRunner) -> str:

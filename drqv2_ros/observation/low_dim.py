@@ -23,6 +23,11 @@ BASE_FIELDS: tuple[tuple[str, int], ...] = (
 )
 PRIVILEGED_FIELDS: tuple[tuple[str, int], ...] = (("cube_pos", 3),)
 BASE_SIZE = sum(n for _, n in BASE_FIELDS)
+#: What the actor can fill: name -> (size, unit of training).
+KNOWN_FIELDS: dict[str, tuple[int, str]] = {
+    "joint_pos": (6, "rad"), "joint_vel": (6, "rad/s"), "gripper_xyz": (3, "m"),
+    "gripper_euler": (3, "rad"), "cube_pos": (3, "m"),
+}
 
 
 class LowDimLayoutError(ValueError):
@@ -42,6 +47,26 @@ class LowDimLayout:
     @property
     def needs_privileged(self) -> bool:
         return any(name == "cube_pos" for name, _ in self.fields)
+
+    @classmethod
+    def from_recorded(cls, layout) -> LowDimLayout:
+        """The layout a checkpoint recorded (``config.low_dim_layout``: [name, size, unit]
+        per field), refused unless every field is one the actor fills, in its size and unit."""
+        fields = []
+        for name, size, unit in layout:
+            if name not in KNOWN_FIELDS:
+                raise LowDimLayoutError(
+                    f"the checkpoint's low-dim field {name!r} cannot be filled from the robot's "
+                    f"sensors (known: {', '.join(KNOWN_FIELDS)})")
+            if (size, unit) != KNOWN_FIELDS[name]:
+                want = KNOWN_FIELDS[name]
+                raise LowDimLayoutError(
+                    f"low-dim field {name!r} recorded as {size} values in {unit!r}; the actor "
+                    f"provides {want[0]} in {want[1]!r}")
+            fields.append((name, size))
+        if len({n for n, _ in fields}) != len(fields):
+            raise LowDimLayoutError(f"low-dim layout repeats a field: {[n for n, _ in fields]}")
+        return cls(tuple(fields))
 
     @classmethod
     def infer(cls, low_dim_size: int, frame_stack: int) -> LowDimLayout:
