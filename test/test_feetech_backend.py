@@ -134,10 +134,12 @@ def test_write_goal_positions_in_motor_units(bus, backend):
     assert bus.wait_for(SYNC_WRITE, writes + 1)  # a broadcast: no status packet to wait on
     mids = [2000, 2000, 2100, 2000, 2047.5]
     for motor, (rad, mid) in enumerate(zip([0.5, -0.25, 0.0, 0.1, 1.0], mids), start=1):
-        # LeRobot truncates towards zero: int(deg * 4095 / 360 + mid)
-        assert bus.goal(motor) == int(math.degrees(rad) * 4095 / 360 + mid)
+        # the nearest tick (LeRobot truncates: the backend sends the tick's centre)
+        assert bus.goal(motor) == round(math.degrees(rad) * 4095 / 360 + mid)
     assert bus.goal(6) == 2750
-    np.testing.assert_allclose(backend.last_sent_targets[:5], [0.5, -0.25, 0.0, 0.1, 1.0])
+    # reported: the ticks on the wire, within half a tick of the request
+    np.testing.assert_allclose(backend.last_sent_targets[:5], [0.5, -0.25, 0.0, 0.1, 1.0],
+                               atol=STEP_RAD / 2 + 1e-12)
 
 
 def test_per_step_clamp(bus, cal_dir):
@@ -155,9 +157,10 @@ def test_per_step_clamp(bus, cal_dir):
         assert bus.wait_for(SYNC_WRITE, writes + 1)
         assert bus.count(SYNC_READ) == reads + 1  # LeRobot reads the present position
         sent = be.last_sent_targets
-        assert sent[0] == pytest.approx(q[0] + 0.1)
-        assert sent[1] == pytest.approx(q[1] - 0.05)
-        assert sent[5] == pytest.approx(q[5] + 0.1)
+        assert sent[0] == pytest.approx(q[0] + 0.1, abs=STEP_RAD)  # ticks on the wire
+        assert sent[1] == pytest.approx(q[1] - 0.05, abs=STEP_RAD)
+        lo, hi = mjcf_gripper_range()
+        assert sent[5] == pytest.approx(q[5] + 0.1, abs=(hi - lo) / 1000)
         assert bus.goal(1) == int(math.degrees(0.1) * 4095 / 360 + 2000)
         lo, hi = mjcf_gripper_range()
         assert bus.goal(6) == int((0.5 + 0.1 / (hi - lo)) * 1000 + 2000)
@@ -272,3 +275,55 @@ def test_no_prompt_with_stdin_closed(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "missing BackendError True" in out.stdout
     assert "mismatch BackendError True" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+def _follower(cal_dir, use_degrees=True):
+    from drqv2_ros.robot.feetech_backend import import_lerobot_follower
+
+    follower_cls, config_cls = import_lerobot_follower()
+    return follower_cls(config_cls(port="/dev/null", id=ROBOT_ID, calibration_dir=cal_dir,
+                                   use_degrees=use_degrees))
+
+
+@pytest.mark.parametrize("use_degrees", [True, False])
+def test_holding_the_measured_position_writes_exactly_the_present_tick(cal_dir, use_degrees):
+    """LeRobot's own normalise/unnormalise (no bus needed): for every tick of every motor,
+    present tick -> radians -> our write -> the tick LeRobot puts on the wire is the same."""
+    robot = _follower(cal_dir, use_degrees)
+    bus = robot.bus
+    conv = UnitConverter(mjcf_gripper_range(), use_degrees, robot.calibration)
+    naive = UnitConverter(mjcf_gripper_range(), use_degrees, robot.calibration)
+    naive.ticks = None  # the conversion before the fix: radians -> degrees round trip
+    off_by_one = 0
+    for i, name in enumerate(JOINT_NAMES, start=1):
+        _homing, lo, hi = CAL[i]
+        ticks = np.arange(lo, hi + 1)
+        present = {f"{name}.pos": 0.0 for name in JOINT_NAMES}
+        for tick in ticks:
+            present[f"{name}.pos"] = bus._normalize({i: int(tick)})[i]
+            q = conv.to_radians(present)
+            wire = bus._unnormalize({i: conv.to_lerobot(q)[f"{name}.pos"]})[i]
+            assert wire == tick, (name, tick, wire)
+            off_by_one += bus._unnormalize({i: naive.to_lerobot(q)[f"{name}.pos"]})[i] != tick
+            # what the backend reports as sent is what went on the wire
+            sent = conv.wire_radians(conv.to_lerobot(q))
+            assert sent[i - 1] == pytest.approx(q[i - 1], abs=1e-12)
+    if use_degrees:
+        assert off_by_one > 0  # the naive round trip does miss ticks (wrist_roll, mid .5)
+
+
+def test_hold_on_the_bus_writes_the_present_tick(bus, cal_dir):
+    be = make_backend(bus, cal_dir, max_relative_target_rad=0.25)
+    be.connect()
+    try:
+        present = {1: 2000, 2: 2000, 3: 2100, 4: 2000, 5: 2046, 6: 2500}
+        bus.set_present(present)
+        q, _ = be.read_joints()
+        writes = bus.count(SYNC_WRITE)
+        be.write_joint_targets(q)  # hold: the measured position
+        assert bus.wait_for(SYNC_WRITE, writes + 1)
+        for motor, tick in present.items():
+            assert bus.goal(motor) == tick, (motor, bus.goal(motor), tick)
+        np.testing.assert_allclose(be.last_sent_targets, q, atol=1e-12)
+    finally:
+        be.close()

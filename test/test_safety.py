@@ -58,11 +58,16 @@ def test_stale_missing_and_future_stamps_refused():
     assert f.check_ee([0, 0, 0], 0.0, T0, T0 + int(0.29 * NS))
 
 
-def test_joint_command_nan_refused_out_of_limit_clamped():
+def test_joint_command_nan_or_out_of_limits_refused_in_range_clamped():
     f = make()
     assert not f.check_joints([0, 0, np.nan, 0, 0, 0], T0, T0)
-    assert f.check_joints([5, 0, 0, 0, 0, 0], T0, T0)
-    t = f.apply(np.array([5.0, 0, 0, 0, 0, 0]), np.array([1.85, 0, 0, 0, 0, 0]), T0)
+    for bad in ([5, 0, 0, 0, 0, 0], [1e300, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, -1e300]):
+        assert not f.check_joints(bad, T0, T0)       # refused, not clamped
+    assert f.reject_counts["out of range"] == 3
+    assert "outside the joint limits" in f.last_reject_reason
+    edge = UPPER[0] - 0.001                          # in range, inside the margin: clamped
+    assert f.check_joints([edge, 0, 0, 0, 0, 0], T0, T0)
+    t = f.apply(np.array([edge, 0, 0, 0, 0, 0]), np.array([1.85, 0, 0, 0, 0, 0]), T0)
     assert t[0] == pytest.approx(UPPER[0] - 0.02)    # joint limit with margin
 
 

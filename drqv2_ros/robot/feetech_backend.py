@@ -188,7 +188,14 @@ def mjcf_gripper_range() -> tuple[float, float]:
 
 
 class UnitConverter:
-    """LeRobot motor values <-> radians, in JOINT_NAMES order."""
+    """LeRobot motor values <-> radians, in JOINT_NAMES order.
+
+    With the calibration, writes are tick-exact: LeRobot turns a value into an encoder tick
+    with ``int(a * value + b)`` (truncation), so a value that is a float hair below a tick
+    lands one tick short (holding the measured position of wrist_roll, mid 2047.5, wrote
+    Present-1 for 34 of the 4096 ticks). :meth:`to_lerobot` sends the value at the centre of
+    the nearest tick's truncation interval instead, and :meth:`wire_radians` reports the tick
+    LeRobot will write."""
 
     def __init__(
         self,
@@ -215,9 +222,29 @@ class UnitConverter:
                 scale[i] = sign * half_range_steps / 100.0 * 2.0 * math.pi / STS3215_MAX_RES
         scale[5] = (self.gripper_hi - self.gripper_lo) / 100.0
         self.scale = scale
+        self.ticks = self._tick_map(calibration, use_degrees) if calibration else None
+
+    @staticmethod
+    def _tick_map(calibration: dict[str, Any], use_degrees: bool) -> np.ndarray:
+        """(6, 2): tick = int(a * value + b) per joint, as LeRobot's ``_unnormalize``."""
+        ab = np.empty((NUM_JOINTS, 2))
+        for i, name in enumerate(JOINT_NAMES):
+            cal = calibration[name]
+            lo, hi, drive = float(cal.range_min), float(cal.range_max), bool(cal.drive_mode)
+            r = hi - lo
+            if name == GRIPPER:                       # RANGE_0_100
+                ab[i] = (-r / 100, hi) if drive else (r / 100, lo)
+            elif use_degrees:                         # DEGREES: drive mode not applied
+                ab[i] = (STS3215_MAX_RES / 360.0, (lo + hi) / 2)
+            else:                                     # RANGE_M100_100
+                ab[i] = (-r / 200 if drive else r / 200, lo + r / 2)
+        return ab
 
     def to_radians(self, values: dict[str, float]) -> np.ndarray:
         v = np.array([float(values[f"{n}.pos"]) for n in JOINT_NAMES])
+        return self._radians(v)
+
+    def _radians(self, v: np.ndarray) -> np.ndarray:
         q = v * self.scale
         q[5] += self.gripper_lo
         return q
@@ -227,7 +254,22 @@ class UnitConverter:
         v[5] -= self.gripper_lo
         v = v / self.scale
         v[5] = min(100.0, max(0.0, v[5]))
+        if self.ticks is not None:
+            a, b = self.ticks[:, 0], self.ticks[:, 1]
+            v = (np.round(a * v + b) + 0.5 - b) / a  # the centre of the nearest tick
+            v[5] = min(100.0, max(0.0, v[5]))        # LeRobot bounds 0..100 (int(max) = max)
         return {f"{n}.pos": float(x) for n, x in zip(JOINT_NAMES, v)}
+
+    def wire_radians(self, values: dict[str, float]) -> np.ndarray:
+        """The radians of the ticks LeRobot writes for ``values`` (without the calibration:
+        the values themselves)."""
+        v = np.array([float(values[f"{n}.pos"]) for n in JOINT_NAMES])
+        if self.ticks is None:
+            return self._radians(v)
+        a, b = self.ticks[:, 0], self.ticks[:, 1]
+        v[5] = min(100.0, max(0.0, v[5]))
+        ticks = np.trunc(a * v + b)
+        return self._radians((ticks - b) / a)
 
     def delta_to_lerobot(self, delta_rad: np.ndarray) -> dict[str, float]:
         """A per-joint magnitude (rad) in LeRobot units (for ``max_relative_target``)."""
@@ -259,7 +301,8 @@ class FeetechBackend:
         self._last_q: np.ndarray | None = None
         self._last_t = 0.0
         self._last_v = np.zeros(NUM_JOINTS)
-        #: what LeRobot actually sent on the last write, rad (after the per-step clamp)
+        #: what went on the wire on the last write: the ticks LeRobot wrote (after its
+        #: per-step clamp and integer conversion), in rad
         self.last_sent_targets: np.ndarray | None = None
 
     # -- helpers ------------------------------------------------------------------------
@@ -411,7 +454,7 @@ class FeetechBackend:
                 sent = robot.send_action(action)
             except Exception as e:
                 raise BackendError(f"lost the SO-101 follower on {self.config.port}: {e}") from e
-        self.last_sent_targets = conv.to_radians(sent)
+        self.last_sent_targets = conv.wire_radians(sent)
 
     def close(self) -> None:
         robot, self._robot = self._robot, None

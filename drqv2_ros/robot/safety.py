@@ -7,6 +7,9 @@ Rules, in order:
 2. Validation: NaN/Inf, policy units outside [-1, 1] (EE commands), wrong joint count,
    missing stamp, stamps older than ``max_command_age_s`` (or from the future by more than
    that) are refused, counted per reason, and the last reason kept.
+   Joint commands with a target beyond the model's joint limits are refused ("out of
+   range"): such a target is a fault upstream (degrees sent as radians, a corrupt message),
+   not a step to shorten.
 3. Clamping of accepted joint targets: to the model's joint limits shrunk by
    ``joint_margin_rad``, and to ``current +- max_relative_target`` per command (LeRobot's
    ``max_relative_target`` semantics, in radians).
@@ -125,8 +128,8 @@ class SafetyFilter:
         return self._check_stamp(stamp_ns, now_ns)
 
     def check_joints(self, positions, stamp_ns: int, now_ns: int) -> bool:
-        """A joint-position command (rad): 6 finite values, fresh, not e-stopped. Values
-        beyond the joint limits are clamped later, not refused."""
+        """A joint-position command (rad): 6 finite values within the joint limits, fresh,
+        not e-stopped. In-range targets are clamped later (margin, per-command step)."""
         if self.estopped:
             return self.reject("estop latched")
         q = np.asarray(positions, dtype=np.float64).ravel()
@@ -134,6 +137,13 @@ class SafetyFilter:
             return self.reject(f"malformed: need {NUM_JOINTS} joint positions, got {q.size}")
         if not np.all(np.isfinite(q)):
             return self.reject("nan: command contains NaN/Inf")
+        lim = self.limits
+        out = (q < lim.joint_lower) | (q > lim.joint_upper)
+        if out.any():
+            j = int(np.argmax(out))
+            return self.reject(f"out of range: joint {j} target {q[j]:.4g} rad outside the "
+                               f"joint limits [{lim.joint_lower[j]:.3f}, "
+                               f"{lim.joint_upper[j]:.3f}]")
         return self._check_stamp(stamp_ns, now_ns)
 
     # -- the final gate --------------------------------------------------------------------
