@@ -11,6 +11,7 @@ import dataclasses
 import faulthandler
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
 from drqv2_ros.settings import param  # noqa: F401 - re-exported for the nodes
@@ -194,15 +196,25 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, *,
     stalling its control timer uses ``threads=2`` and puts that service alone in a callback
     group of its own; everything else stays in the node's default (mutually exclusive)
     group, so it still runs one callback at a time."""
-    # SIGINT and SIGTERM: rclpy.init installs handlers that shut the context down and wake
-    # the executor (a Python-level handler alone would only run once the executor's wait
-    # returns, which may be never on a quiet graph), then chain to the handler installed
-    # before. For SIGTERM that is the default action (kill, no clean-up): chain to a no-op.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    # SIGINT and SIGTERM are this function's own: rclpy's handlers are not installed
+    # (signal_handler_options NO), a Python handler only sets a flag, and the executor is
+    # spun in short waits so that the flag is seen within 0.1 s. So a signal never lands
+    # inside rcl/DDS teardown (a second Ctrl-C under `ros2 launch` used to crash the driver
+    # in its clean-up): the first asks for shutdown, later ones are counted and ignored.
+    stop = threading.Event()
+    signals_seen = [0]
+
+    def _on_signal(signum, frame):
+        signals_seen[0] += 1
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     # A crash inside a C extension (rcl, Fast DDS, torch) prints every thread's Python stack
     # to the node's log instead of dying silently.
     faulthandler.enable()
-    rclpy.init(args=args if args is not None else sys.argv)
+    rclpy.init(args=args if args is not None else sys.argv,
+               signal_handler_options=SignalHandlerOptions.NO)
     node = None
     executor = SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(threads)
 
@@ -210,7 +222,8 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, *,
     try:
         node = factory()
         executor.add_node(node)
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # a node that fails to start says why, once, and exits non-zero
@@ -224,10 +237,9 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, *,
             print(f"[{name}] fatal: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             code = 1
     finally:
-        # A second Ctrl-C / SIGTERM must not interrupt the node's own clean-up (a learner
-        # saving its state): ignore them from here on; launch escalates to SIGKILL if needed.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # Further Ctrl-C / SIGTERM only bump the counter: the node's own clean-up (a learner
+        # saving its state) runs to its end; launch escalates to SIGKILL if it must.
+        name = node.get_name() if node is not None else "node"
         if node is not None:
             close = getattr(node, "close", None)
             if close is not None:
@@ -237,6 +249,16 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, *,
                     print(f"close failed: {exc}", file=sys.stderr)
             executor.remove_node(node)
             node.destroy_node()
+        executor.shutdown()
         if rclpy.ok():
             rclpy.shutdown()
+        # Python restores the default (deadly) action of handled signals while the
+        # interpreter finalises; ignored ones stay ignored: a late signal cannot turn a
+        # clean exit into a kill.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if signals_seen[0] > 1:
+            print(f"[{name}] clean shutdown "
+                  f"({signals_seen[0] - 1} further signals ignored)", file=sys.stderr,
+                  flush=True)
     return code
