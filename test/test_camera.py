@@ -58,7 +58,7 @@ class FakeCapture:
 
 
 def test_grabber_new_frames_only_and_stall():
-    from drqv2_ros.nodes.camera_node import FrameGrabber
+    from drqv2_ros.camera.grabber import FrameGrabber
 
     frames = make_frames(10)
     caps = []
@@ -254,3 +254,26 @@ def test_camera_process_with_video_file(tmp_path, launch_node, probe):
           f"capture->receive latency median {np.median(lat):.2f} ms, max {lat.max():.2f} ms; "
           f"status {s}")
     assert s["frames_captured"] == n_frames
+
+
+def test_camera_health_without_ros():
+    from types import SimpleNamespace
+
+    from drqv2_ros.camera.grabber import CameraHealth
+
+    g = SimpleNamespace(frame=None, last_frame_mono=None, opened=True, last_error="", seq=0,
+                        shape=(4, 6, 3), read_failures=0, reopens=0)
+    g.latest = lambda: g.frame
+    h = CameraHealth(g, "0", stall_timeout=1.0, status_period=1.0)
+    assert h.take_new() is None and h.update(0.0) == (False, True) and h.state == "opening"
+    g.frame, g.seq, g.last_frame_mono = (3, 111, np.zeros((4, 6, 3))), 3, 0.0
+    assert h.take_new()[0] == 3 and h.dropped == 2      # frames 1 and 2 never sent
+    assert h.take_new() is None                         # each frame once
+    h.sent(0.0)
+    assert h.update(0.1) == (True, True) and h.state == "streaming"
+    assert h.update(0.2) == (False, False)
+    assert h.update(1.5)[0] and h.state == "stalled"
+    h.error = "crop box larger than the image"
+    h.update(1.6)
+    st = h.status(1.6)
+    assert st["state"] == "error" and st["error"].startswith("crop") and st["resolution"] == [6, 4]

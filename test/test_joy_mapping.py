@@ -180,7 +180,7 @@ def test_find_mapping_file(tmp_path):
 # -- gamepad_joy conversion -------------------------------------------------------------
 
 def test_pygame_state_to_joy():
-    from drqv2_ros.nodes.gamepad_node import joy_from_pygame
+    from drqv2_ros.teleop.gamepad import joy_from_pygame
 
     # pygame: stick pushed up-left (-1, -1), trigger released (-1) ... pressed (+1)
     axes, buttons = joy_from_pygame([-1.0, -1.0, -1.0, 0.02, 0.5, 1.0], [0, 1, True],
@@ -190,7 +190,7 @@ def test_pygame_state_to_joy():
 
 
 def test_evdev_events_to_joy_matches_mapping():
-    from drqv2_ros.nodes.gamepad_node import EvdevState
+    from drqv2_ros.teleop.gamepad import EvdevState
 
     EV_KEY, EV_ABS = 1, 3
     ABS_X, ABS_Y, ABS_Z, ABS_RX, ABS_RY, ABS_RZ, HAT_X, HAT_Y = 0, 1, 2, 3, 4, 5, 0x10, 0x11

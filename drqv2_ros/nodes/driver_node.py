@@ -1,7 +1,8 @@
 """so101_driver: the SO-101 arm (MuJoCo sim or Feetech bus) as a ROS 2 node.
 
-Thin wiring: parameters -> ``Kinematics`` + ``SafetyFilter`` + an ``ArmBackend``; topics and
-services in README.md (so101_driver). Every command, whatever its source, goes through the safety
+Thin wiring: parameters -> an ``ArmController`` (``robot/arm_controller.py``: backend,
+safety filter, EE tracking, homing; ROS-free) and messages -> its calls; topics and services
+in README.md (so101_driver). Every command, whatever its source, goes through the safety
 filter before ``write_joint_targets``.
 
     python -m drqv2_ros.nodes.driver_node --ros-args --params-file config/so101_driver.yaml
@@ -10,7 +11,6 @@ filter before ``write_joint_targets``.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
@@ -31,6 +31,7 @@ from drqv2_ros.nodes.common import (
     stamp_to_ns,
 )
 from drqv2_ros.observation.preprocessing import CropResize
+from drqv2_ros.robot.arm_controller import ArmController
 from drqv2_ros.robot.backend import JOINT_NAMES, NUM_JOINTS, ArmBackend, BackendError
 from drqv2_ros.robot.homing import Homing
 from drqv2_ros.robot.kinematics import EeTargetTracker, Kinematics, TopDown
@@ -107,15 +108,17 @@ class DriverParams:
 def make_backend(p: DriverParams) -> ArmBackend:
     if p.backend == "sim":
         from drqv2_ros.robot.sim_backend import SimBackend
-        from drqv2_ros.robot.sim_world import SimConfig
+        from drqv2_ros.robot.sim_world import FRONT_CAMERA, WRIST_CAMERA, SimConfig
 
+        cams = (WRIST_CAMERA, FRONT_CAMERA) if p.front_camera else (WRIST_CAMERA,)
         return SimBackend(SimConfig(
             seed=p.seed, home_position=tuple(p.home_position),
             cube_xy_min=tuple(p.cube_xy_min), cube_xy_max=tuple(p.cube_xy_max),
             cube_half_size_m=p.cube_half_size_m, jaw_pads=p.jaw_pads,
             actuator_kp=p.actuator_kp, actuator_kv=p.actuator_kv,
             render_width=p.render_width, render_height=p.render_height,
-            lift_height_m=p.lift_height_m, success_hold_steps=p.success_hold_steps))
+            lift_height_m=p.lift_height_m, success_hold_steps=p.success_hold_steps),
+            cameras=cams)
     if p.backend == "feetech":
         try:  # lazy: the sim needs neither lerobot nor a serial port
             from drqv2_ros.robot.feetech_backend import FeetechBackend, FeetechConfig
@@ -156,228 +159,130 @@ class DriverNode(Node):
         validate(p)
         self.kin = Kinematics()
         workspace = (tuple(p.workspace_min), tuple(p.workspace_max))
-        self.safety = SafetyFilter(SafetyLimits.from_kinematics(
+        safety = SafetyFilter(SafetyLimits.from_kinematics(
             self.kin, joint_margin_rad=p.joint_margin_rad,
             max_relative_target=p.max_relative_target_rad,
             watchdog_timeout_s=p.watchdog_timeout_s, max_command_age_s=p.max_command_age_s,
             workspace_min=workspace[0], workspace_max=workspace[1]))
         top_down = TopDown(weight=p.ik_top_down_weight,
                            wrist_roll=None if np.isnan(p.ik_wrist_roll) else p.ik_wrist_roll)
-        self.tracker = EeTargetTracker(self.kin, p.ee_step_m, workspace, p.ee_max_lead_m,
-                                       top_down=top_down if top_down.enabled else None)
+        tracker = EeTargetTracker(self.kin, p.ee_step_m, workspace, p.ee_max_lead_m,
+                                  top_down=top_down if top_down.enabled else None)
         self.crop = CropResize(p.policy_size, None if not any(p.crop_box) else
                                tuple(int(v) for v in p.crop_box))
         self.backend = make_backend(p)
         self.backend.connect()
-        self.is_sim = p.backend == "sim"
+        self.arm = ArmController(self.backend, safety, tracker,
+                                 Homing(np.asarray(p.home_position, dtype=np.float64),
+                                        p.home_tolerance_rad), warn=self._warn)
         self.camera = None
-        self._q: np.ndarray | None = None
-        self._success_sent = False
-        self.read_errors = 0
 
         self.pub_joints = self.create_publisher(JointState, "joint_states", SENSOR_QOS)
         self.pub_status = self.create_publisher(DriverStatus, "driver/status", reliable_qos(10))
+        self.pub_sim = self.create_publisher(SimState, "sim/state", reliable_qos(10))
+        self.pub_event = self.create_publisher(EpisodeEvent, "episode_event", reliable_qos(10))
         self.create_subscription(EndEffectorCommand, "ee_command", self.on_ee_command,
                                  reliable_qos(1))
         self.create_subscription(JointState, "joint_command", self.on_joint_command,
                                  reliable_qos(1))
         self.create_service(Trigger, "estop", self.on_estop)
         self.create_service(Trigger, "reset_estop", self.on_reset_estop)
-        # reset_episode waits for the real arm to reach home: its own callback group (and
+        # reset_episode may wait for the real arm to reach home: its own callback group (and
         # executor thread), so the control tick keeps running meanwhile.
         self.create_service(Trigger, "reset_episode", self.on_reset_episode,
                             callback_group=MutuallyExclusiveCallbackGroup())
-        self._homing = threading.Event()
-        self.homing = Homing(np.asarray(p.home_position, dtype=np.float64),
-                             p.home_tolerance_rad)
         self.create_timer(1.0 / p.rate_hz, self.on_tick)
-        if self.is_sim:
+        if self.backend.cameras:  # a backend that renders its own views (the sim)
+            from drqv2_ros.robot.sim_backend import CameraWorker
+
             self.pub_raw = self.create_publisher(Image, "camera/image_raw", SENSOR_QOS)
             self.pub_policy = self.create_publisher(Image, "camera/image_policy", SENSOR_QOS)
-            self.pub_front = (self.create_publisher(Image, "camera_front/image_raw",
-                                                    SENSOR_QOS) if p.front_camera else None)
-            self.pub_sim = self.create_publisher(SimState, "sim/state", reliable_qos(10))
-            self.pub_event = self.create_publisher(EpisodeEvent, "episode_event",
-                                                   reliable_qos(10))
-            from drqv2_ros.robot.sim_backend import CameraWorker
-            from drqv2_ros.robot.sim_world import FRONT_CAMERA, WRIST_CAMERA
-
-            cams = (WRIST_CAMERA, FRONT_CAMERA) if p.front_camera else (WRIST_CAMERA,)
-            self.camera = CameraWorker(self.backend, p.camera_rate_hz, cams, self.on_frames,
-                                       self._now_ns)
+            self.pub_extra = {cam: self.create_publisher(Image, f"camera_{cam}/image_raw",
+                                                         SENSOR_QOS)
+                              for cam in self.backend.cameras[1:]}
+            self.camera = CameraWorker(self.backend, p.camera_rate_hz, self.backend.cameras,
+                                       self.on_frames, self._now_ns)
             self.camera.start()
         self.get_logger().info(
             f"so101_driver up: backend={p.backend} rate={p.rate_hz} Hz"
             + (f" camera {p.render_width}x{p.render_height} -> {p.policy_size} at "
-               f"{p.camera_rate_hz} Hz" if self.is_sim else ""))
+               f"{p.camera_rate_hz} Hz" if self.camera is not None else ""))
 
     # -- helpers ---------------------------------------------------------------------------
+    @property
+    def safety(self) -> SafetyFilter:
+        return self.arm.safety
+
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
     def _warn(self, text: str) -> None:
         self.get_logger().warning(text, throttle_duration_sec=_WARN_PERIOD_S)
 
-    def _refused(self) -> None:
-        self._warn(f"command refused ({self.safety.rejected} so far): "
-                   f"{self.safety.last_reject_reason}")
-
-    def _read(self) -> np.ndarray | None:
-        try:
-            q, v = self.backend.read_joints()
-        except BackendError as exc:
-            self.read_errors += 1
-            self._warn(f"joint read failed: {exc}")
-            return None
-        q = np.asarray(q, dtype=np.float64)
-        if q.shape != (NUM_JOINTS,) or not np.all(np.isfinite(q)):
-            self.read_errors += 1
-            self._warn(f"joint read not finite: {q}")
-            return None
-        self._q, self._v = q, np.asarray(v, dtype=np.float64)
-        return q
-
-    def _write(self, target: np.ndarray | None) -> None:
-        if target is None:
-            return
-        try:
-            self.backend.write_joint_targets(target)
-        except BackendError as exc:
-            self._warn(f"joint write failed: {exc}")
-
-    # -- commands --------------------------------------------------------------------------
+    # -- commands and services: messages -> the arm controller ----------------------------
     def on_ee_command(self, msg: EndEffectorCommand) -> None:
-        now = self._now_ns()
-        if self._homing.is_set():
-            self.safety.reject("homing for an episode reset")
-            return self._refused()
-        if not self.safety.check_ee(msg.delta, msg.gripper, stamp_to_ns(msg.header.stamp), now):
-            return self._refused()
-        q = self._read()
-        if q is None:
-            self.safety.reject("no valid joint measurement")
-            return self._refused()
-        try:
-            q_target = self.tracker(q, np.asarray(msg.delta, dtype=np.float64),
-                                    float(msg.gripper))
-        except ValueError as exc:
-            self.safety.reject(f"ik: {exc}")
-            return self._refused()
-        self._write(self.safety.apply(q_target, q, now))
+        self.arm.ee_command(msg.delta, msg.gripper, stamp_to_ns(msg.header.stamp),
+                            self._now_ns())
 
     def on_joint_command(self, msg: JointState) -> None:
-        now = self._now_ns()
-        if self._homing.is_set():
-            self.safety.reject("homing for an episode reset")
-            return self._refused()
-        positions = np.asarray(msg.position, dtype=np.float64)
-        names = list(msg.name)
-        if names:
-            if sorted(names) != sorted(JOINT_NAMES) or len(names) != len(positions):
-                self.safety.reject(f"malformed: joint_command names {names} must be exactly "
-                                   f"{list(JOINT_NAMES)} with one position each")
-                return self._refused()
-            positions = positions[[names.index(n) for n in JOINT_NAMES]]
-        if not self.safety.check_joints(positions, stamp_to_ns(msg.header.stamp), now):
-            return self._refused()
-        q = self._read()
-        if q is None:
-            self.safety.reject("no valid joint measurement")
-            return self._refused()
-        self.tracker.reset()
-        self._write(self.safety.apply(positions, q, now))
+        self.arm.joint_command(msg.name, msg.position, stamp_to_ns(msg.header.stamp),
+                               self._now_ns())
 
-    # -- services --------------------------------------------------------------------------
     def on_estop(self, request, response):
-        q = self._read()
-        self._write(self.safety.estop(q if q is not None else self._q))
-        self.tracker.reset()
+        self.arm.estop()
         self.get_logger().warning("E-STOP latched: holding position until reset_estop")
         response.success, response.message = True, "e-stop latched"
         return response
 
     def on_reset_estop(self, request, response):
-        was = self.safety.reset_estop()
-        self.tracker.reset()
+        was = self.arm.reset_estop()
         response.success = True
         response.message = "e-stop cleared" if was else "e-stop was not latched"
         self.get_logger().info(response.message)
         return response
 
     def on_reset_episode(self, request, response):
-        if not self.is_sim:
-            return self._home(response)
-        self.backend.reset_episode()
-        self.safety.forget_target()
-        self.tracker.reset()
-        self._success_sent = False
-        response.success = True
-        response.message = f"episode {self.backend.world.episode} started"
+        try:
+            response.success, response.message = self.arm.reset_episode(self.p.reset_timeout_s)
+        except BackendError as exc:
+            response.success, response.message = False, str(exc)
         return response
-
-    def _home(self, response):
-        """Real arm: drive to `home_position` through the safety filter (per-step clamp),
-        answer once there. The scene itself is reset by the operator."""
-        self.tracker.reset()
-        self._homing.set()
-        deadline = time.monotonic() + self.p.reset_timeout_s
-        while self._homing.is_set() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if self._homing.is_set():
-            self._homing.clear()
-            response.success = False
-            response.message = (f"arm did not reach home within {self.p.reset_timeout_s:.0f} s "
-                                f"({self.safety.last_reject_reason or 'blocked'})")
-        else:
-            self.safety.forget_target()
-            response.success = True
-            response.message = "arm at home; reset the scene by hand"
-        return response
-
-    def _homing_step(self, q: np.ndarray, now: int) -> None:
-        target = self.homing.step(q, self.safety, now)
-        if target is None and self.homing.reached(q):
-            self._homing.clear()
-        self._write(target)
 
     # -- timers ----------------------------------------------------------------------------
     def on_tick(self) -> None:
         if not self.context.ok():  # shutting down
             return
-        if self.is_sim:
-            self.backend.advance(time.monotonic())
-            if self.camera is not None and self.camera.error is not None:
-                self._warn(f"sim camera stopped: {self.camera.error}")
+        if self.camera is not None and self.camera.error is not None:
+            self._warn(f"sim camera stopped: {self.camera.error}")
         now = self._now_ns()
-        q = self._read()
-        if q is not None and self._homing.is_set():
-            self._homing_step(q, now)
-        if q is not None:
-            hold = self.safety.tick(now, q)
-            if hold is not None:
-                self.tracker.reset()
-                self._warn("watchdog: no fresh command, holding position")
-                self._write(hold)
+        out = self.arm.tick(now, time.monotonic())
+        if out.position is not None:
             js = JointState()
             ns_to_stamp(now, js.header.stamp)
             js.name = list(JOINT_NAMES)
-            js.position = q.tolist()
-            js.velocity = self._v.tolist()
+            js.position = out.position.tolist()
+            js.velocity = out.velocity.tolist()
             self.pub_joints.publish(js)
+        safety = self.arm.safety
         st = DriverStatus()
         ns_to_stamp(now, st.header.stamp)
         st.backend = self.p.backend
-        st.estopped = self.safety.estopped
-        st.holding = self.safety.holding
-        st.commands_applied = min(self.safety.applied, _U32)
-        st.commands_rejected = min(self.safety.rejected, _U32)
-        st.last_reject_reason = self.safety.last_reject_reason
+        st.estopped = safety.estopped
+        st.holding = safety.holding
+        st.commands_applied = min(safety.applied, _U32)
+        st.commands_rejected = min(safety.rejected, _U32)
+        st.last_reject_reason = safety.last_reject_reason
         self.pub_status.publish(st)
-        if self.is_sim:
-            self._publish_sim_state(now)
+        if out.task_state is not None:
+            self._publish_task_state(now, out.task_state)
+        if out.new_success:
+            ev = EpisodeEvent()
+            ns_to_stamp(now, ev.header.stamp)
+            ev.event = EpisodeEvent.SUCCESS
+            ev.source = self.p.backend
+            self.pub_event.publish(ev)
 
-    def _publish_sim_state(self, now: int) -> None:
-        s = self.backend.task_state()
+    def _publish_task_state(self, now: int, s) -> None:
         msg = SimState()
         ns_to_stamp(now, msg.header.stamp)
         msg.header.frame_id = "base"
@@ -389,29 +294,22 @@ class DriverNode(Node):
         msg.cube_grasped = bool(s.cube_grasped)
         msg.success = bool(s.success)
         self.pub_sim.publish(msg)
-        if s.success and not self._success_sent:
-            self._success_sent = True
-            ev = EpisodeEvent()
-            ns_to_stamp(now, ev.header.stamp)
-            ev.event = EpisodeEvent.SUCCESS
-            ev.source = "sim"
-            self.pub_event.publish(ev)
 
     def on_frames(self, frames: dict, stamp_ns: int) -> None:
-        """Called in the camera thread (publishers are thread-safe)."""
-        from drqv2_ros.robot.sim_world import FRONT_CAMERA, WRIST_CAMERA
-
+        """Called in the camera thread (publishers are thread-safe). The first camera is
+        the policy's view."""
         if not self.context.ok():
             return
-        img = frames[WRIST_CAMERA]
+        main_cam = self.backend.cameras[0]
+        img = frames[main_cam]
         fid = self.p.camera_frame_id
         try:
             self.pub_policy.publish(numpy_to_image(self.crop(img), stamp_ns, fid))
             if self.pub_raw.get_subscription_count() > 0:
                 self.pub_raw.publish(numpy_to_image(img, stamp_ns, fid))
-            if self.pub_front is not None and self.pub_front.get_subscription_count() > 0:
-                self.pub_front.publish(numpy_to_image(frames[FRONT_CAMERA], stamp_ns,
-                                                      FRONT_CAMERA))
+            for cam, pub in self.pub_extra.items():
+                if pub.get_subscription_count() > 0:
+                    pub.publish(numpy_to_image(frames[cam], stamp_ns, cam))
         except Exception as exc:
             if self.context.ok():
                 self._warn(f"camera publish failed: {exc}")

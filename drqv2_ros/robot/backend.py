@@ -29,9 +29,17 @@ class BackendError(RuntimeError):
 
 
 class ArmBackend(Protocol):
-    """Implemented by ``sim_backend.SimBackend`` and ``feetech_backend.FeetechBackend``."""
+    """Implemented by ``sim_backend.SimBackend`` and ``feetech_backend.FeetechBackend``.
+
+    What differs between a simulation and hardware is expressed here, not by the driver
+    asking which backend it has: ``resets_scene`` (the backend puts arm and scene back at once;
+    otherwise the driver homes the arm through the safety filter and a person resets the
+    scene), ``cameras`` (views the backend renders itself), ``advance`` (time-driven state,
+    the sim's physics) and ``task_state`` (privileged state, None on hardware)."""
 
     name: str  # "sim" or "feetech"
+    resets_scene: bool
+    cameras: tuple[str, ...]
 
     def connect(self) -> None:
         """Open the device/world. Never prompts: raises BackendError with instructions."""
@@ -44,3 +52,12 @@ class ArmBackend(Protocol):
 
     def close(self) -> None:
         """Release the device; safe to call twice."""
+
+    def advance(self, now_s: float) -> None:
+        """Bring time-driven state up to ``now_s`` (monotonic s); hardware: nothing."""
+
+    def reset_episode(self) -> str:
+        """Only where ``resets_scene``: arm home and a new scene; returns a description."""
+
+    def task_state(self):
+        """Privileged task state (``sim_world.TaskState``) or None."""

@@ -289,6 +289,8 @@ class FeetechBackend:
     """ArmBackend for the real SO-101 follower arm via LeRobot (``so101_follower``)."""
 
     name = "feetech"
+    resets_scene = False     # the driver homes the arm; a person resets the scene
+    cameras: tuple[str, ...] = ()  # a separate camera node publishes the images
 
     def __init__(self, config: FeetechConfig | None = None, **overrides: Any):
         cfg = config or FeetechConfig()
@@ -455,6 +457,15 @@ class FeetechBackend:
             except Exception as e:
                 raise BackendError(f"lost the SO-101 follower on {self.config.port}: {e}") from e
         self.last_sent_targets = conv.wire_radians(sent)
+
+    def advance(self, now_s: float) -> None:
+        """Nothing is time-driven on hardware."""
+
+    def reset_episode(self) -> str:
+        raise BackendError("the real arm cannot reset its scene (resets_scene is False)")
+
+    def task_state(self) -> None:
+        return None  # no privileged state on hardware
 
     def close(self) -> None:
         robot, self._robot = self._robot, None

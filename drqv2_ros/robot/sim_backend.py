@@ -27,9 +27,12 @@ from drqv2_ros.robot.sim_world import WRIST_CAMERA, SimConfig, SimWorld, TaskSta
 
 class SimBackend:
     name = "sim"
+    resets_scene = True
 
-    def __init__(self, cfg: SimConfig | None = None, max_catch_up_s: float = 0.1):
+    def __init__(self, cfg: SimConfig | None = None, max_catch_up_s: float = 0.1,
+                 cameras: tuple[str, ...] = (WRIST_CAMERA,)):
         self.cfg = cfg or SimConfig()
+        self.cfg_cameras = cameras
         self.max_catch_up_s = max_catch_up_s
         self.world: SimWorld | None = None
         self._t0: float | None = None     # wall time matching world time 0 of this episode
@@ -63,6 +66,10 @@ class SimBackend:
             self.world = None
 
     # -- sim extras ------------------------------------------------------------------------
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return tuple(self.cfg_cameras)
+
     def advance(self, now_s: float) -> int:
         """Step physics up to wall time ``now_s``; returns the number of physics steps."""
         w = self._w()
@@ -80,10 +87,11 @@ class SimBackend:
                 w.update_task()
         return n
 
-    def reset_episode(self, seed: int | None = None) -> None:
+    def reset_episode(self, seed: int | None = None) -> str:
         with self.lock:
             self._w().reset(seed)
         self._t0 = None
+        return f"episode {self._w().episode} started"
 
     def snapshot(self, dst: mujoco.MjData) -> None:
         """Copy the live state into ``dst`` (same model) and compute its kinematics."""
