@@ -12,7 +12,8 @@ pytest.importorskip("mujoco")
 
 from ros_harness import ROOT, NodeProcess, Probe, allocate_domain_id, ros_environment, wait_for
 
-from drqv2_ros.bags.ingest import TargetShapes, ingest_bags, read_episodes
+from drqv2_ros.bags.episodes import TargetShapes, read_episodes
+from drqv2_ros.bags.ingest import ingest_bags
 from drqv2_ros.convert.robobase import convert_snapshot, make_robobase_snapshot
 from drqv2_ros.learning.replay_buffer import ReplayBuffer
 from drqv2_ros.observation.step_record import from_msg

@@ -101,14 +101,14 @@ def ingest_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summary-json", help="also write the summary as JSON here")
     args = ap.parse_args(argv)
 
-    from drqv2_ros.bags.ingest import (
-        BagError,
+    from drqv2_ros.bags.episodes import (
         TargetShapes,
         check_bags,
         count_step_messages,
         infer_target,
-        ingest_bags,
     )
+    from drqv2_ros.bags.ingest import ingest_bags
+    from drqv2_ros.bags.reader import BagError
     from drqv2_ros.learning.replay_buffer import ReplayBuffer
 
     try:
@@ -174,7 +174,7 @@ def export_main(argv: list[str] | None = None) -> int:
     *bags, out = args.paths
 
     from drqv2_ros.bags.export import DEFAULT_TASK, ExportUnavailable, export_bags
-    from drqv2_ros.bags.ingest import BagError
+    from drqv2_ros.bags.reader import BagError
 
     if Path(out).exists():
         _err("export", f"{out} exists; export writes a new dataset directory")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from drqv2_ros.bags.ingest import EpisodeData, ReadReport, check_bags, read_episodes
+from drqv2_ros.bags.episodes import EpisodeData, ReadReport, check_bags, read_episodes
 
 __all__ = ["ExportUnavailable", "ExportSummary", "episode_frames", "export_bags",
            "lerobot_dataset_class", "lerobot_features"]

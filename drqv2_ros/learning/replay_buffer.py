@@ -433,7 +433,9 @@ class ReplayBuffer:
             raise ValueError(f"{name}: shape {arr.shape} != expected {shape}")
         if not image:
             arr = arr.astype(np.float32, copy=False)
-            if not np.all(np.isfinite(arr)):
+            # finite iff the dot product with zeros is (inf * 0 and NaN * 0 are NaN): one
+            # call instead of isfinite + all on these small vectors
+            if arr.size and not math.isfinite(float(np.dot(arr, np.zeros_like(arr)))):
                 raise ValueError(f"{name}: contains NaN or Inf (shape {shape}): "
                                  f"{np.flatnonzero(~np.isfinite(arr))[:8].tolist()} ...")
         return arr
@@ -504,7 +506,12 @@ class ReplayBuffer:
         mm["flags"][slot] = flags
         mm["step_id"][slot] = g
         self._total = g + 1
-        self._count_flags(np.array([flags], np.uint8), +1)
+        if flags & _FIRST:  # _count_flags for one step, without numpy
+            self._n_first += 1
+        elif not flags & _NO_SAMPLE:
+            self._n_cand += 1
+            self._n_cand_int += bool(flags & _INTERVENTION)
+            self._n_cand_demo += bool(flags & _DEMO)
         if is_first:
             self._episodes_added += 1
         self._open_start = None if is_last else ep_start
