@@ -109,3 +109,31 @@ def test_full_disk_pauses_the_learner_and_loses_nothing(small_disk):
         if i < buf.total_steps_added:
             np.testing.assert_array_equal(buf.read_step(i)["images"], r.images)
     buf.close()
+
+
+def test_a_read_only_output_dir_is_refused_with_the_reason(tmp_path):
+    d = tmp_path / "ro"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(d)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.strip()}")
+    try:
+        with pytest.raises(OSError, match="not writable.*Read-only file system") as info:
+            TrainingLoop(cfg_for(d), small_policy())
+        assert info.value.errno == errno.EROFS and str(d) in str(info.value)
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_garbage_replay_state_files_name_the_file(tmp_path):
+    buf = ReplayBuffer(tmp_path / "rb", capacity=20, **SPEC)
+    buf.close()
+    for name in ("state.json", "spec.json"):
+        good = (tmp_path / "rb" / name).read_text()
+        for garbage in ("garbage{", "[1, 2]", '{"total": "x"}'):
+            (tmp_path / "rb" / name).write_text(garbage)
+            with pytest.raises(ValueError, match=name):
+                ReplayBuffer.open(tmp_path / "rb")
+        (tmp_path / "rb" / name).write_text(good)
+    ReplayBuffer.open(tmp_path / "rb").close()

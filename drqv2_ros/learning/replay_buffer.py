@@ -48,6 +48,17 @@ _STATE_FILE = "state.json"
 _LOCK_FILE = "lock"
 
 
+def _read_json(path: Path) -> dict:
+    """A small JSON object file; ValueError naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
+
+
 def _preallocate(path: Path) -> None:
     """Give a ring file all its disk blocks now. A memory-mapped file is sparse when created;
     writing a page whose block cannot be allocated (a full disk) kills the process with
@@ -164,11 +175,15 @@ class ReplayBuffer:
         spec_path = Path(directory) / _SPEC_FILE
         if not spec_path.exists():
             raise FileNotFoundError(f"no replay buffer in {directory} ({_SPEC_FILE} missing)")
-        spec = json.loads(spec_path.read_text())
-        return cls(directory, capacity=spec["capacity"], image_shape=spec["image_shape"],
-                   low_dim_size=spec["low_dim_size"], action_size=spec["action_size"],
-                   frame_stack=spec["frame_stack"], nstep=spec["nstep"],
-                   discount=spec["discount"])
+        spec = _read_json(spec_path)
+        try:
+            return cls(directory, capacity=spec["capacity"], image_shape=spec["image_shape"],
+                       low_dim_size=spec["low_dim_size"], action_size=spec["action_size"],
+                       frame_stack=spec["frame_stack"], nstep=spec["nstep"],
+                       discount=spec["discount"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{spec_path}: not a replay buffer spec ({type(exc).__name__}: "
+                             f"{exc})") from None
 
     def _acquire_lock(self) -> None:
         fd = os.open(self.directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -231,7 +246,7 @@ class ReplayBuffer:
         atomic_write_json(self.directory / _SPEC_FILE, self._spec)
 
     def _reopen(self, spec_path: Path) -> None:
-        stored = json.loads(spec_path.read_text())
+        stored = _read_json(spec_path)
         diffs = [f"{k}: stored {stored.get(k)!r} != requested {v!r}"
                  for k, v in self._spec.items() if stored.get(k) != v]
         if diffs:
@@ -254,11 +269,16 @@ class ReplayBuffer:
         if not state_path.exists():
             raise ValueError(f"replay buffer {self.directory} is incomplete: {_STATE_FILE} "
                              "missing")
-        state = json.loads(state_path.read_text())
-        self._total = int(state["total"])
-        self._lo = int(state["lo"])
-        self._open_start = state["open_episode_start"]
-        self._episodes_added = int(state["episodes_added"])
+        state = _read_json(state_path)
+        try:
+            self._total = int(state["total"])
+            self._lo = int(state["lo"])
+            self._open_start = (None if state["open_episode_start"] is None
+                                else int(state["open_episode_start"]))
+            self._episodes_added = int(state["episodes_added"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{state_path}: not a replay ring state ({type(exc).__name__}: "
+                             f"{exc})") from None
         marks = state.get("stream_marks", {})
         self.stream_marks = marks if isinstance(marks, dict) else {}
         if not (0 <= self._lo <= self._total and self._total - self._lo <= self.capacity):

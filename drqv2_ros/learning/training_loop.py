@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
+import tempfile
 import threading
 import time
 import uuid
@@ -119,7 +121,7 @@ class TrainingLoop:
             raise ValueError(f"replay_on_device must be auto, on or off, got "
                              f"{cfg.replay_on_device!r}")
         self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        _check_writable(self.out)
         state_path = self.out / STATE_FILE
         compute = dict(device=cfg.device, precision=cfg.precision, compile=cfg.compile,
                        cuda_graphs=cfg.cuda_graphs, bc_weight=cfg.bc_weight)
@@ -386,3 +388,17 @@ class TrainingLoop:
                 self._writer.close()
             except OSError as exc:
                 log.warning("closing the TensorBoard log: %s", exc)
+
+
+def _check_writable(out: Path) -> None:
+    """Create ``out`` and prove a file can be written there, or say plainly why not (a
+    read-only mount, permissions, a full disk) before any state is touched."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_probe_", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(exc.errno, f"output_dir {out} is not writable ({exc.strerror}); the "
+                                 "learner needs it for its replay buffers, checkpoints and "
+                                 "state: set output_dir to a writable folder") from None
