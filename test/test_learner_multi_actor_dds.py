@@ -98,8 +98,10 @@ def test_two_actors_one_learner(tmp_path, probe, ros_env):
                  "the malformed step counted by reason", [learner])
         with probe.lock:
             m = metrics[-1][1]
-        assert list(m.actor_steps_dropped) == [0, 0] and list(m.actor_episodes) == [3, 3]
-        assert list(m.actor_steps_received) == sent
+        # counted for the actor that sent it, in the per-actor arrays too
+        assert list(m.actors) == list(ACTORS)
+        assert list(m.actor_steps_dropped) == [1, 0] and list(m.actor_episodes) == [3, 3]
+        assert list(m.actor_steps_received) == [sent[0] + 1, sent[1]]
         with probe.lock:  # every push goes to both actors: same versions, same bytes
             got = [{w.version: w.sha256 for _t, w in weights[a]} for a in ACTORS]
         common = got[0].keys() & got[1].keys()

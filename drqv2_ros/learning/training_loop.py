@@ -150,7 +150,9 @@ class TrainingLoop:
         if cfg.intake_queue_steps < 1:
             raise ValueError(f"intake_queue_steps must be >= 1, got {cfg.intake_queue_steps}")
         self._queue: queue.Queue[tuple[str, StepRecord]] = queue.Queue(cfg.intake_queue_steps)
-        self._queue_full: dict[str, int] = {}  # by actor, counted in the DDS thread
+        # steps dropped before the intake, by (actor, reason), counted in the DDS thread
+        self._rejected: dict[tuple[str, str], int] = {}
+        self._rejected_lock = threading.Lock()
         self.fault = ""  # the storage fault being waited out ("" = none)
         self._tb_warned = False
         self.faults = 0
@@ -192,15 +194,22 @@ class TrainingLoop:
         try:
             self._queue.put_nowait((actor, record))
         except queue.Full:
-            self._queue_full[actor] = self._queue_full.get(actor, 0) + 1
+            self.reject(actor, "intake queue full (the learner fell behind)")
             return False
         return True
 
+    def reject(self, actor: str, reason: str) -> None:
+        """Count a step of ``actor`` dropped before the intake (any thread): a malformed
+        message, a full queue. It shows in the per-actor and per-reason metrics."""
+        with self._rejected_lock:
+            key = (actor, reason)
+            self._rejected[key] = self._rejected.get(key, 0) + 1
+
     def drain(self, timeout: float = 0.0) -> int:
-        for actor in list(self._queue_full):
-            n_full = self._queue_full.pop(actor, 0)
-            self.intake.count_drops(actor, "intake queue full (the learner fell behind)",
-                                    n_full)
+        with self._rejected_lock:
+            rejected, self._rejected = self._rejected, {}
+        for (actor, reason), count in rejected.items():
+            self.intake.count_drops(actor, reason, count)
         n = 0
         try:
             item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()

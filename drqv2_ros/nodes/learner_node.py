@@ -59,7 +59,6 @@ class LearnerNode(Node):
 
             summary = ingest_into_replay(bags, self.loop.replay.offline, self.loop.out)
             self.get_logger().info(f"demo bags: {summary}")
-        self.malformed = 0
         self._drops_logged: dict[str, int] = {}
         self.actors = actor_topics(p.actor_namespaces)
         self.weights_pubs = [self.create_publisher(PolicyWeights, weights, WEIGHTS_QOS)
@@ -86,7 +85,7 @@ class LearnerNode(Node):
         try:
             record = from_msg(msg, **self._shapes)
         except StepFormatError as exc:
-            self.malformed += 1
+            self.loop.reject(actor, "malformed Step message")
             self.get_logger().warning(f"dropped malformed step from actor {actor!r}: {exc}",
                                       throttle_duration_sec=5.0)
             return
@@ -121,8 +120,6 @@ class LearnerNode(Node):
         msg.actor_steps_lost = [c.lost for c in counts.values()]
         msg.actor_episodes = [c.episodes for c in counts.values()]
         dropped = dict(self.loop.intake.totals.dropped)
-        if self.malformed:
-            dropped["malformed Step message"] = self.malformed
         msg.drop_reasons, msg.drop_counts = list(dropped), list(dropped.values())
         publish_quietly(self.metrics_pub, msg)
         for reason, n in dropped.items():  # one line per reason and period, with counts
