@@ -226,3 +226,12 @@ def test_a_stuck_load_is_stopped_and_the_next_load_gets_a_fresh_loader(tmp_path)
         assert loader._child.pid == pid  # refusals keep the warm child
     finally:
         loader.close()
+
+
+def test_the_loader_carries_the_checkpoints_counters(tmp_path):
+    from drqv2_ros.policy.training_counters import TrainingCounters
+
+    p = small()
+    p.training_counters = TrainingCounters(main_loop_iterations=777)
+    p.save_pretrained(tmp_path / "ckpt")
+    assert load_isolated(tmp_path / "ckpt").schedule_step == 777

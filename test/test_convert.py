@@ -26,6 +26,7 @@ from drqv2_ros.convert.cli import convert_main
 from drqv2_ros.convert.robobase import robobase_state_dict
 from drqv2_ros.policy import DrQV2Config, DrQV2Model, DrQV2Policy
 from drqv2_ros.policy.modeling_drqv2 import WEIGHTS_NAME
+from drqv2_ros.policy.training_counters import TrainingCounters
 
 SHARED = Path(
     os.environ.get("DRQV2_SHARED_DIR")
@@ -38,8 +39,11 @@ needs_shared = pytest.mark.skipif(
 )
 
 
+COUNTERS = TrainingCounters(main_loop_iterations=77, global_env_episode=5)
+
+
 def small_config(**kw) -> DrQV2Config:
-    base = dict(num_train_envs=2, main_loop_iterations=77, global_env_episode=5)
+    base = dict(num_train_envs=2)
     base.update(kw)
     return small_models.small_config(**base)
 
@@ -93,10 +97,14 @@ def test_real_snapshot_config_and_round_trip(converted_real, tmp_path):
         "low_dim_per_frame": 18, "action_dim": 4, "encoder_channels": 32,
         "bottleneck_size": 50, "actor_mlp_nodes": [256, 256], "critic_mlp_nodes": [256, 256],
         "num_critics": 2, "stddev_schedule": "linear(1.0,0.1,500000)", "stddev_clip": 0.3,
-        "critic_target_tau": 0.01, "discount": 0.99, "nstep": 3, "main_loop_iterations": 1234,
-        "global_env_episode": 56, "num_train_envs": 8, "action_scale_m": 0.02,
+        "critic_target_tau": 0.01, "discount": 0.99, "nstep": 3, "num_train_envs": 8,
+        "action_scale_m": 0.02,
     }
     assert {k: cfg[k] for k in expect} == expect
+    # the training counters are not configuration: counters.json beside it
+    assert not {"main_loop_iterations", "global_env_episode"} & set(cfg)
+    assert json.loads((out / "counters.json").read_text()) == {
+        "main_loop_iterations": 1234, "pretrain_step": 0, "global_env_episode": 56}
     assert "action_scale_m" in cfg["defaulted"] and "discount" not in cfg["defaulted"]
     assert report.carried["discount"]["from"] == "cfg.replay.gamma"
     tensors = load_file(str(out / WEIGHTS_NAME))
@@ -123,7 +131,7 @@ def test_synthetic_snapshot_multi_camera(tmp_path):
         low_dim_per_frame=21, action_dim=7, actor_mlp_nodes=[64], critic_mlp_nodes=[64, 48],
         num_critics=3, low_dim_layout=[("a", 21, "rad")],
     )
-    snap = make_robobase_snapshot(tmp_path / "snap.pt", cfg, seed=3)
+    snap = make_robobase_snapshot(tmp_path / "snap.pt", cfg, seed=3, counters=COUNTERS)
     raw = safe_torch_load(snap)
     assert sorted(raw) == sorted(
         ["_pretrain_step", "_main_loop_iterations", "_global_env_episode", "cfg", "agent"]
@@ -134,8 +142,9 @@ def test_synthetic_snapshot_multi_camera(tmp_path):
     got = report.config
     for name in ["num_views", "frame_stack", "low_dim_size", "action_dim", "num_critics",
                  "actor_mlp_nodes", "critic_mlp_nodes", "image_height", "encoder_channels",
-                 "bottleneck_size", "main_loop_iterations", "global_env_episode"]:
+                 "bottleneck_size"]:
         assert getattr(got, name) == getattr(cfg, name), name
+    assert report.counters == COUNTERS
     assert got.camera_names == ["wrist", "front"]  # from cfg.env.cameras
     assert "camera_names" not in got.defaulted
     # outputs equal to the model the snapshot was made from
@@ -246,7 +255,7 @@ def test_bad_inputs_refused_nothing_written(tmp_path, capsys):
 
 
 def test_existing_out_dir_needs_force(tmp_path, capsys):
-    snap = make_robobase_snapshot(tmp_path / "s.pt", small_config(), seed=2)
+    snap = make_robobase_snapshot(tmp_path / "s.pt", small_config(), seed=2, counters=COUNTERS)
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
@@ -259,7 +268,7 @@ def test_existing_out_dir_needs_force(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "stddev_schedule" in printed and "defaulted" in printed and "low_dim" in printed
     assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
-    assert DrQV2Policy.from_pretrained(out).config.main_loop_iterations == 77
+    assert DrQV2Policy.from_pretrained(out).training_counters == COUNTERS
     # a failing --force conversion leaves the previous folder intact
     (tmp_path / "junk.pt").write_bytes(b"junk")
     assert convert_main([str(tmp_path / "junk.pt"), str(out), "--force", "--quiet"]) == 2

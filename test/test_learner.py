@@ -18,6 +18,7 @@ from drqv2_ros.learning.learner import DrQV2Learner, LearnerStateError, explorat
 from drqv2_ros.learning.pixel_task import make_config
 from drqv2_ros.policy.modeling_drqv2 import CheckpointError, DrQV2Policy
 from drqv2_ros.policy.schedule import schedule
+from drqv2_ros.policy.training_counters import TrainingCounters
 
 
 def small_config(**kw):
@@ -26,9 +27,11 @@ def small_config(**kw):
     return make_config(**base)
 
 
-def make_policy(seed=0, **kw):
+def make_policy(seed=0, main_loop_iterations=0, **kw):
     torch.manual_seed(seed)
-    return DrQV2Policy(small_config(**kw))
+    policy = DrQV2Policy(small_config(**kw))
+    policy.training_counters = TrainingCounters(main_loop_iterations=main_loop_iterations)
+    return policy
 
 
 def make_batch(cfg, rng, b=8, *, demo_every=0):
@@ -358,8 +361,8 @@ def test_std_schedule_continues_from_checkpoint_counter(tmp_path):
     assert exploration_std(policy.config, 2002) == learner.exploration_std()
 
     out = learner.export_checkpoint(tmp_path / "ckpt")
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["main_loop_iterations"] == 2002
+    assert json.loads((out / "counters.json").read_text())["main_loop_iterations"] == 2002
+    assert "main_loop_iterations" not in json.loads((out / "config.json").read_text())
     reloaded = DrQV2Policy.from_pretrained(out)
     for k, v in policy.state_dict().items():
         assert torch.equal(reloaded.state_dict()[k], v), k
@@ -504,7 +507,8 @@ def test_pick101_architecture_update_smoke():
     from drqv2_ros.policy.configuration_drqv2 import DrQV2Config
 
     torch.manual_seed(0)
-    policy = DrQV2Policy(DrQV2Config(main_loop_iterations=1234))
+    policy = DrQV2Policy(DrQV2Config())
+    policy.training_counters = TrainingCounters(main_loop_iterations=1234)
     learner = DrQV2Learner(policy)
     m = learner.update(make_batch(policy.config, np.random.default_rng(0), b=2))
     assert np.isfinite(m["critic_loss"]) and m["iteration"] == 1234

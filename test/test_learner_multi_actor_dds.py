@@ -25,8 +25,10 @@ def make_checkpoint(path):
     torch.manual_seed(0)
     cfg = DrQV2Config(image_height=24, image_width=24, frame_stack=T, low_dim_size=36,
                       low_dim_per_frame=18, actor_mlp_nodes=[32], critic_mlp_nodes=[32],
-                      encoder_channels=8, bottleneck_size=16, main_loop_iterations=1000)
-    DrQV2Policy(cfg).save_pretrained(path)
+                      encoder_channels=8, bottleneck_size=16)
+    policy = DrQV2Policy(cfg)
+    policy.training_counters.main_loop_iterations = 1000
+    policy.save_pretrained(path)
     return path
 
 

@@ -166,8 +166,9 @@ def test_generic_architecture_save_load(tmp_path, frame_stack):
 
 
 def test_select_action_inputs_and_exploration():
-    cfg = small_config(main_loop_iterations=10)
+    cfg = small_config()
     policy = DrQV2Policy(cfg)
+    policy.training_counters.main_loop_iterations = 10
     b = batch_for(cfg, b=1)
     mean = policy.select_action(b)
     assert mean.shape == (1, 4)
@@ -259,3 +260,23 @@ def test_actor_forward_is_fast_at_batch_1():
     ms = (time.perf_counter() - t0) / n * 1e3
     print(f"actor forward batch 1: {ms:.2f} ms")
     assert ms < 50  # ~1.5 ms on 2 cores; loose bound against gross regressions only
+
+
+def test_training_counters_live_beside_the_config(tmp_path):
+    from drqv2_ros.policy.training_counters import TrainingCounters
+
+    policy = DrQV2Policy(small_config())
+    policy.training_counters = TrainingCounters(55, 2, 7)
+    out = policy.save_pretrained(tmp_path / "ckpt")
+    assert "main_loop_iterations" not in json.loads((out / CONFIG_NAME).read_text())
+    assert DrQV2Policy.from_pretrained(out).training_counters == TrainingCounters(55, 2, 7)
+    # a folder of an older version: the counters inside config.json are taken from there
+    cfg = json.loads((out / CONFIG_NAME).read_text())
+    cfg.update(main_loop_iterations=99, global_env_episode=3,
+               defaulted=cfg["defaulted"] + ["pretrain_step"])
+    (out / CONFIG_NAME).write_text(json.dumps(cfg))
+    (out / "counters.json").unlink()
+    assert DrQV2Policy.from_pretrained(out).training_counters == TrainingCounters(99, 0, 3)
+    (out / "counters.json").write_text('{"main_loop_iterations": -1}')
+    with pytest.raises(CheckpointError, match="counters.json"):
+        DrQV2Policy.from_pretrained(out)

@@ -22,9 +22,10 @@ def small_policy(seed=0):
     torch.manual_seed(seed)
     cfg = DrQV2Config(image_height=24, image_width=24, frame_stack=2, low_dim_size=36,
                       low_dim_per_frame=18, actor_mlp_nodes=[32], critic_mlp_nodes=[32],
-                      encoder_channels=8, bottleneck_size=16, batch_size=16,
-                      main_loop_iterations=1000)
-    return DrQV2Policy(cfg)
+                      encoder_channels=8, bottleneck_size=16, batch_size=16)
+    policy = DrQV2Policy(cfg)
+    policy.training_counters.main_loop_iterations = 1000
+    return policy
 
 
 def episode(ep, length, rng, intervene_at=()):

@@ -168,7 +168,8 @@ def _load_one(request: bytes) -> tuple[bytes, bytes]:
     req = json.loads(request)
     policy = load_checkpoint_any(req["path"],
                                  limits=LoadLimits(max_file_bytes=int(req["max_file_bytes"])))
-    return policy.config.to_json().encode(), actor_state_bytes(policy)
+    return (policy.config.to_json().encode(),
+            actor_state_bytes(policy, policy.training_counters.to_dict()))
 
 
 def child_main() -> int:

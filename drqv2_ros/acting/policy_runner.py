@@ -16,6 +16,8 @@ import torch
 from drqv2_ros.acting.weights import WeightsError, WeightsPacket, load_actor_bytes
 from drqv2_ros.policy.configuration_drqv2 import DrQV2Config
 from drqv2_ros.policy.modeling_drqv2 import CheckpointError, DrQV2Policy
+from drqv2_ros.policy.training_counters import FIELDS as COUNTER_FIELDS
+from drqv2_ros.policy.training_counters import CountersError, TrainingCounters
 
 
 class PolicyRunner:
@@ -31,8 +33,8 @@ class PolicyRunner:
         self.source = source
         self.weights_version = weights_version
         self.run_id = ""
-        self.schedule_step = (self.config.main_loop_iterations if schedule_step is None
-                              else schedule_step)
+        self.schedule_step = (policy.training_counters.main_loop_iterations
+                              if schedule_step is None else schedule_step)
         self._gen = torch.Generator().manual_seed(seed)
 
     @classmethod
@@ -45,7 +47,12 @@ class PolicyRunner:
         for name in ("critic", "critic_target"):
             setattr(policy, name, torch.nn.Module())
         policy.to_empty(device="cpu")
-        load_actor_bytes(policy, data)
+        meta = load_actor_bytes(policy, data)
+        try:  # where training stood travels in the blob's metadata
+            policy.training_counters = TrainingCounters.from_dict(
+                {k: int(meta[k]) for k in COUNTER_FIELDS if k in meta})
+        except (ValueError, CountersError) as exc:
+            raise CheckpointError(f"actor weights: bad counters in the metadata ({exc})") from None
         return cls(policy, **kw)
 
     def summary(self) -> dict:

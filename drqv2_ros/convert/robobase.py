@@ -54,6 +54,7 @@ from drqv2_ros.policy.modeling_drqv2 import (
     check_state_dict,
     model_shapes,
 )
+from drqv2_ros.policy.training_counters import TrainingCounters
 
 __all__ = [
     "CheckpointError",
@@ -113,6 +114,8 @@ class ConversionReport:
     out_dir: str | None
     sha256: str
     config: DrQV2Config
+    # The snapshot's training counters (written as counters.json beside config.json).
+    counters: TrainingCounters = field(default_factory=TrainingCounters)
     # Shape facts read from the weights, e.g. {"num_views": 1, "in_channels": 9, ...}.
     inferred: dict[str, Any] = field(default_factory=dict)
     # Hyper-parameters taken from the snapshot cfg: field -> {"from": cfg path, "value": v}.
@@ -158,14 +161,16 @@ class ConversionReport:
         ]
         for name, info in self.carried.items():
             lines.append(f"  {name:<20} = {info['value']!r:<28} ({info['from']})")
+        k = self.counters
         lines.append(
-            f"counters      main_loop_iterations {c.main_loop_iterations}, pretrain_step "
-            f"{c.pretrain_step}, global_env_episode {c.global_env_episode}"
+            f"counters      main_loop_iterations {k.main_loop_iterations}, pretrain_step "
+            f"{k.pretrain_step}, global_env_episode {k.global_env_episode} (counters.json)"
         )
         if self.defaulted:
             lines.append("defaulted (not in the snapshot):")
             for name in self.defaulted:
-                lines.append(f"  {name:<20} = {getattr(c, name)!r}")
+                value = getattr(c, name, getattr(self.counters, name, None))
+                lines.append(f"  {name:<20} = {value!r}")
         for w in self.warnings:
             lines.append(f"warning: {w}")
         return "\n".join(lines)
@@ -467,13 +472,14 @@ def _policy_from_snapshot(path: Path, progress: bool, camera_names: list[str] | 
         if "frame_stack" in cfg:
             carried["frame_stack"] = {"from": "cfg.frame_stack", "value": arch["frame_stack"]}
         counters = {}
+        missing_counters = []
         for name, key in COUNTER_KEYS.items():
             v = snap.get(key, _MISSING)
             if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
                 counters[name] = v
                 carried[name] = {"from": key, "value": v}
             else:
-                defaulted.append(name)
+                missing_counters.append(name)
         names = camera_names or _camera_names(cfg, arch["num_views"])
         if names is None:
             names = ["rgb"] if arch["num_views"] == 1 else [
@@ -490,7 +496,6 @@ def _policy_from_snapshot(path: Path, progress: bool, camera_names: list[str] | 
                 defaulted=defaulted,
                 **arch,
                 **values,
-                **counters,
             )
         except ConfigError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
@@ -514,6 +519,7 @@ def _policy_from_snapshot(path: Path, progress: bool, camera_names: list[str] | 
             msg = str(exc)
             raise CheckpointError(msg) from None
         policy.load_state_dict({k: v.to(torch.float32) for k, v in kept.items()}, strict=True)
+        policy.training_counters = TrainingCounters(**counters)
         policy.eval()
         bar.update()
         report = ConversionReport(
@@ -521,9 +527,10 @@ def _policy_from_snapshot(path: Path, progress: bool, camera_names: list[str] | 
             out_dir=None,
             sha256=_sha256(path),
             config=config,
+            counters=policy.training_counters,
             inferred=dict(arch, camera_names=names, fused_dim=config.fused_dim),
             carried=carried,
-            defaulted=list(config.defaulted),
+            defaulted=list(config.defaulted) + missing_counters,
             dropped_keys=sorted(dropped),
             num_tensors=len(kept),
             num_parameters=sum(v.numel() for v in kept.values()),
@@ -736,6 +743,7 @@ def make_robobase_snapshot(
     perturb: float = 0.01,
     agent_overrides: Mapping[str, torch.Tensor | None] | None = None,
     extra: Mapping[str, Any] | None = None,
+    counters: TrainingCounters | None = None,
 ) -> Path:
     """Write a synthetic snapshot in RoboBase's ``Workspace.save_snapshot`` layout.
 
@@ -761,10 +769,11 @@ def make_robobase_snapshot(
             agent.pop(k, None)
         else:
             agent[k] = v
+    counters = counters or TrainingCounters()
     snap: dict[str, Any] = {
-        "_pretrain_step": config.pretrain_step,
-        "_main_loop_iterations": config.main_loop_iterations,
-        "_global_env_episode": config.global_env_episode,
+        "_pretrain_step": counters.pretrain_step,
+        "_main_loop_iterations": counters.main_loop_iterations,
+        "_global_env_episode": counters.global_env_episode,
         "cfg": OmegaConf.create(robobase_cfg_for(config)),
         "agent": agent,
     }

@@ -32,7 +32,6 @@ that guard the optimiser steps: its metrics are copied to the host only when rea
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -61,6 +60,7 @@ from drqv2_ros.policy.modeling_drqv2 import (
     TruncatedNormal,
     check_state_dict,
 )
+from drqv2_ros.policy.training_counters import TrainingCounters
 
 __all__ = [
     "DrQV2Learner",
@@ -72,8 +72,7 @@ __all__ = [
     "explore_action",
 ]
 
-_CONFIG_VOLATILE = {"main_loop_iterations", "pretrain_step", "global_env_episode", "source",
-                    "defaulted"}
+_CONFIG_VOLATILE = {"source", "defaulted"}
 # Fields a learner config override may change (hyper-parameters, counters, provenance);
 # every other field describes the network and must equal the policy's.
 _CONFIG_HPARAMS = {
@@ -247,11 +246,12 @@ class DrQV2Learner:
         self.rng = np.random.default_rng(self.seed)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.seed)
-        self.iteration = int(cfg.main_loop_iterations)
+        counters = policy.training_counters
+        self.iteration = int(counters.main_loop_iterations)
         self.start_iteration = self.iteration
         self.num_updates = 0
-        self.global_env_episode = int(cfg.global_env_episode)
-        self.pretrain_step = int(cfg.pretrain_step)
+        self.global_env_episode = int(counters.global_env_episode)
+        self.pretrain_step = int(counters.pretrain_step)
         self.rng_note = ""  # set by a resume across devices (the torch stream restarts)
 
     # ------------------------------------------------------------------ counters
@@ -516,16 +516,14 @@ class DrQV2Learner:
             "std": repr(self.exploration_std())})
 
     # ------------------------------------------------------------------ checkpoints
-    def counters_config(self) -> DrQV2Config:
-        """The policy config with the counters of now (what export writes)."""
-        return dataclasses.replace(
-            self.config, main_loop_iterations=self.iteration,
-            global_env_episode=self.global_env_episode, pretrain_step=self.pretrain_step)
+    def training_counters(self) -> TrainingCounters:
+        """Where training stands now (what an exported checkpoint's counters.json holds)."""
+        return TrainingCounters(self.iteration, self.pretrain_step, self.global_env_episode)
 
     def export_checkpoint(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (LeRobot style, target critic
-        included) with ``main_loop_iterations`` = :attr:`iteration`."""
-        self.policy.config = self.counters_config()
+        included) + ``counters.json`` with ``main_loop_iterations`` = :attr:`iteration`."""
+        self.policy.training_counters = self.training_counters()
         return self.policy.save_pretrained(directory)
 
     def _options(self) -> dict[str, Any]:
@@ -634,16 +632,13 @@ class DrQV2Learner:
             _set_capturable(opt, capturable)  # the saved groups carry the saver's setting
         if self._graphs is not None:
             self._graphs.invalidate()  # the optimiser tensors it captured were replaced
-        self.policy.config = dataclasses.replace(
-            self.config, main_loop_iterations=int(counters["iteration"]),
-            global_env_episode=int(counters["global_env_episode"]),
-            pretrain_step=int(counters["pretrain_step"]))
         self.iteration = int(counters["iteration"])
         self.start_iteration = int(counters["start_iteration"])
         self.num_updates = int(counters["num_updates"])
         self.global_env_episode = int(counters["global_env_episode"])
         self.pretrain_step = int(counters["pretrain_step"])
         self.seed = int(counters["seed"])
+        self.policy.training_counters = self.training_counters()
         if same_device:
             self.generator.set_state(torch_rng)
             self.rng_note = ""

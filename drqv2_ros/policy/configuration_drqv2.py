@@ -24,6 +24,8 @@ from drqv2_ros.atomic_write import atomic_write_text
 from drqv2_ros.policy.schedule import ScheduleError, parse_schedule, schedule
 
 CONFIG_NAME = "config.json"
+#: Fields of older config.json files that were training counters (now ``counters.json``).
+LEGACY_COUNTERS = ("main_loop_iterations", "pretrain_step", "global_env_episode")
 
 # The per-frame low-dim layouts of the pick-101 SO-101 checkpoints (see docs/convert.md).
 # Each entry is (name, size, unit). Angles are radians and positions metres, exactly as the
@@ -155,13 +157,9 @@ class DrQV2Config:
     # Training batch size.
     batch_size: int = 256
 
-    # ----------------------------------------------------------------- snapshot counters
-    # RoboBase Workspace counters at snapshot time (``_main_loop_iterations``,
-    # ``_pretrain_step``, ``_global_env_episode``): resume the std schedule from
-    # main_loop_iterations. One iteration = num_train_envs x action_repeat env frames.
-    main_loop_iterations: int = 0
-    pretrain_step: int = 0
-    global_env_episode: int = 0
+    # --------------------------------------------------------------- RoboBase run shape
+    # (The snapshot's training counters are not configuration: ``counters.json``,
+    # ``policy.training_counters``.)
     # RoboBase's num_train_envs and action_repeat (to convert iterations to frames).
     num_train_envs: int = 1
     action_repeat: int = 1
@@ -264,7 +262,6 @@ class DrQV2Config:
         for name in [
             "low_dim_size", "low_dim_per_frame", "time_obs_size", "aug_pad",
             "encoder_num_downsample_convs", "encoder_num_post_downsample_convs",
-            "main_loop_iterations", "pretrain_step", "global_env_episode",
         ]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -330,9 +327,14 @@ class DrQV2Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DrQV2Config:
-        """Build from a dict; unknown or missing fields raise :class:`ConfigError`."""
+        """Build from a dict; unknown or missing fields raise :class:`ConfigError`. The
+        training counters older versions kept here are dropped (see
+        :meth:`legacy_counters`)."""
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        data = {k: v for k, v in data.items() if k not in LEGACY_COUNTERS}
+        if isinstance(data.get("defaulted"), list):
+            data["defaulted"] = [d for d in data["defaulted"] if d not in LEGACY_COUNTERS]
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names))
         missing = [n for n in names if n not in data]
@@ -344,6 +346,14 @@ class DrQV2Config:
                 parts.append(f"missing fields {missing}")
             raise ConfigError("invalid drqv2 config: " + "; ".join(parts))
         return cls(**data)
+
+    @staticmethod
+    def legacy_counters(data: Any) -> dict[str, int]:
+        """The training counters a config dict of an older version carried (else {})."""
+        if not isinstance(data, dict):
+            return {}
+        return {k: data[k] for k in LEGACY_COUNTERS if isinstance(data.get(k), int)
+                and not isinstance(data.get(k), bool) and data[k] >= 0}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -383,8 +393,7 @@ def _check_types(cfg: DrQV2Config) -> None:
         "low_dim_size", "low_dim_per_frame", "time_obs_size", "action_dim", "action_sequence",
         "encoder_channels", "encoder_num_downsample_convs", "encoder_num_post_downsample_convs",
         "encoder_kernel_size", "bottleneck_size", "num_critics", "nstep", "aug_pad",
-        "batch_size", "main_loop_iterations", "pretrain_step", "global_env_episode",
-        "num_train_envs", "action_repeat",
+        "batch_size", "num_train_envs", "action_repeat",
     }
     floats = {
         "action_scale_m", "stddev_clip", "critic_target_tau", "discount", "actor_lr",

@@ -39,6 +39,7 @@ lerobot.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,6 +59,7 @@ from drqv2_ros.policy.file_limits import (
     read_text,
     safetensors_header,
 )
+from drqv2_ros.policy.training_counters import COUNTERS_NAME, TrainingCounters
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -483,6 +485,8 @@ class DrQV2Policy(DrQV2Model):
         if not isinstance(config, DrQV2Config):
             raise TypeError(f"config must be a DrQV2Config, got {type(config).__name__}")
         super().__init__(config, init_weights=init_weights)
+        #: where training stood (not configuration): the std schedule's default step
+        self.training_counters = TrainingCounters()
         self.eval()
 
     # -- LeRobot API
@@ -551,8 +555,8 @@ class DrQV2Policy(DrQV2Model):
         """Action (B, A) in [-1, 1].
 
         Eval (default): the tanh mean. ``explore=True`` samples TruncatedNormal with the
-        scheduled std at main-loop iteration ``step`` (default: the snapshot's
-        ``main_loop_iterations``) and noise clipped to ``clip`` (default
+        scheduled std at main-loop iteration ``step`` (default: the checkpoint's
+        ``training_counters.main_loop_iterations``) and noise clipped to ``clip`` (default
         ``config.stddev_clip``; pass None for RoboBase's unclipped acting).
         """
         device = next(self.parameters()).device
@@ -565,7 +569,8 @@ class DrQV2Policy(DrQV2Model):
             mu = self.actor(low, fused)
             if not explore:
                 return mu
-            std = self.std_at(self.config.main_loop_iterations if step is None else step)
+            std = self.std_at(self.training_counters.main_loop_iterations if step is None
+                              else step)
             dist = TruncatedNormal(mu, torch.full_like(mu, std))
             return dist.sample(
                 clip=self.config.stddev_clip if clip == "config" else clip, generator=generator
@@ -599,6 +604,7 @@ class DrQV2Policy(DrQV2Model):
         data = save(self.flat_state_dict(), metadata={"format": "pt", "type": self.name})
         atomic_write_bytes(directory / WEIGHTS_NAME, data)
         self.config.save_pretrained(directory)
+        self.training_counters.save(directory)
         return directory
 
     @classmethod
@@ -620,11 +626,12 @@ class DrQV2Policy(DrQV2Model):
         if not directory.is_dir():
             raise CheckpointError(f"{directory}: not a checkpoint folder")
         weights = directory / WEIGHTS_NAME
+        text = read_text(directory / CONFIG_NAME, limits.max_config_bytes, CONFIG_NAME)
         try:
-            config = DrQV2Config.from_json(
-                read_text(directory / CONFIG_NAME, limits.max_config_bytes, CONFIG_NAME))
+            config = DrQV2Config.from_json(text)
         except ConfigError as exc:
             raise CheckpointError(f"{directory / CONFIG_NAME}: {exc}") from None
+        counters = _read_counters(directory, text, limits)
         expected = model_shapes(config, limits, str(directory / CONFIG_NAME))
         header = safetensors_header(weights, limits)
         check_shapes(expected, {k: s for k, (_d, s) in header.items()}, str(weights))
@@ -634,6 +641,7 @@ class DrQV2Policy(DrQV2Model):
             raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from None
         policy = cls(config, init_weights=False)
         policy.load_flat_state_dict(tensors, what=str(weights))
+        policy.training_counters = counters
         return policy.to(map_location)
 
     def load_flat_state_dict(self, tensors: Mapping[str, torch.Tensor], what: str = "weights"):
@@ -641,6 +649,18 @@ class DrQV2Policy(DrQV2Model):
         check_state_dict(self.state_dict(), tensors, what)
         self.load_state_dict(tensors, strict=True)
         return self
+
+
+def _read_counters(directory: Path, config_text: str, limits: LoadLimits) -> TrainingCounters:
+    """``counters.json``; without it, what an older ``config.json`` carried (else zeros)."""
+    path = directory / COUNTERS_NAME
+    if not path.exists():
+        return TrainingCounters(**DrQV2Config.legacy_counters(json.loads(config_text)))
+    try:
+        return TrainingCounters.from_dict(json.loads(read_text(path, limits.max_config_bytes,
+                                                               COUNTERS_NAME)))
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def count_parameters(module: nn.Module) -> int:
