@@ -1,6 +1,6 @@
 """HIL fine-tuning of a DrQ-v2 policy on the SO-101: the node graph of drqv2_ros.
 
-    ros2 launch drqv2_ros finetune.launch.py mode:=sim checkpoint:=/path/to/ckpt
+    ros2 launch drqv2_ros finetune.launch.py checkpoint:=/path/to/ckpt      # sim, scripted
     ros2 launch drqv2_ros finetune.launch.py mode:=real checkpoint:=... operator:=joy
 
 The node list lives in drqv2_ros.bringup.graph (also used by `drqv2-ros launch`).
@@ -8,14 +8,20 @@ The node list lives in drqv2_ros.bringup.graph (also used by `drqv2-ros launch`)
 
 import os
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from drqv2_ros.bringup.dds import graph_environment
-from drqv2_ros.bringup.graph import GraphOptions, build_graph, parse_nodes
+from drqv2_ros.bringup.graph import (
+    GraphOptions,
+    build_graph,
+    parse_nodes,
+    prepare,
+    rendering_environment,
+)
 
 ARGUMENTS = (
     ("mode", "sim", "sim (MuJoCo SO-101) or real (Feetech arm + camera)"),
@@ -28,7 +34,8 @@ ARGUMENTS = (
     ("bag", "", "bag output path when recording"),
     ("demo_mode", "false", "policy off, the operator drives (demonstrations)"),
     ("learner", "true", "start the learner"),
-    ("operator", "joy", "joy | gamepad | scripted (sim only) | none"),
+    ("operator", "auto", "auto | joy | gamepad | scripted (sim only) | none; auto: scripted "
+                         "in sim, on the real arm joy if installed else gamepad"),
     ("output_dir", "", "learner output directory"),
     ("learner_device", "", "learner device: auto (CUDA when available), cpu, cuda, cuda:N "
                            "('' = config/learner.yaml)"),
@@ -41,6 +48,14 @@ def _truthy(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _package_available(name: str) -> bool:
+    try:
+        get_package_share_directory(name)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def _nodes(context, *args, **kwargs):
     get = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
     opt = GraphOptions(
@@ -51,11 +66,15 @@ def _nodes(context, *args, **kwargs):
         operator=get("operator"), output_dir=get("output_dir"),
         extra_params_file=get("params_file"), learner_device=get("learner_device"),
         nodes=parse_nodes(get("nodes")), peer=get("peer"))
+    # Refused here, before any node starts, with what to do (missing checkpoint, an
+    # operator whose package is not installed, ...).
+    opt = prepare(opt, package_available=_package_available)
     config_dir = os.path.join(get_package_share_directory("drqv2_ros"), "config")
     # Both Fast DDS profile variables (2.x and 3.x read different ones): the shipped
     # one-machine profile unless the user set their own; with a peer, a two-host profile.
     env = graph_environment(os.environ, peer=opt.peer,
                             default_profile=os.path.join(config_dir, "fastdds_profile.xml"))
+    env.update(rendering_environment(os.environ))  # headless: MuJoCo renders with EGL
     actions = []
     for spec in build_graph(opt):
         params = [os.path.join(config_dir, f) for f in spec.params_files]

@@ -10,32 +10,20 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zstandard
 from mcap.writer import CompressionType, Writer
+from test_bags import synthetic_episodes
 
 from drqv2_ros.bags.episodes import read_episodes
 from drqv2_ros.bags.reader import ReadLimits, iter_topic, open_bag
 from drqv2_ros.bags.typestore import STEP_TYPE, project_typestore, step_to_rosbags
-from drqv2_ros.observation.step_record import StepRecord
 
 HEAD = struct.Struct("<BQ")
 
 
 def steps(n_episodes=6, length=5):
-    rng = np.random.default_rng(0)
-    out, t = [], 1_700_000_000_000_000_000
-    for e in range(n_episodes):
-        for k in range(length + 1):
-            t += 100_000_000
-            out.append(StepRecord(
-                episode=e, index=k, stamp_ns=t, is_first=k == 0, is_last=k == length,
-                terminated=k == length, images=rng.integers(0, 256, (1, 3, 24, 24), np.uint8),
-                low_dim=np.zeros(18, np.float32),
-                action=np.zeros(0 if k == 0 else 4, np.float32), reward=float(k == length),
-                is_intervention=False, is_demo=True))
-    return out
+    return synthetic_episodes(n_episodes, length, h=24, w=24)
 
 
 def write_mcap(path: Path, records, compression=CompressionType.ZSTD, chunk_size=4096,

@@ -20,16 +20,25 @@ SPEC = dict(image_shape=(1, 3, 24, 24), low_dim_size=18, action_size=4, frame_st
             nstep=3, discount=0.99)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    d = tmp_path / "disk"
+def mount_tmpfs(d, options: str):
+    """A tmpfs at ``d`` (made); skips the test, saying why, where mounting is not allowed."""
     d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(d)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)],
                        capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
-    yield d
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {r.stderr.strip()}")
+    return d
+
+
+def unmount(d) -> None:
     subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    d = mount_tmpfs(tmp_path / "disk", "size=12m")
+    yield d
+    unmount(d)
 
 
 def fill(d):
@@ -112,18 +121,13 @@ def test_full_disk_pauses_the_learner_and_loses_nothing(small_disk):
 
 
 def test_a_read_only_output_dir_is_refused_with_the_reason(tmp_path):
-    d = tmp_path / "ro"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(d)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.strip()}")
+    d = mount_tmpfs(tmp_path / "ro", "size=1m,ro")
     try:
         with pytest.raises(OSError, match="not writable.*Read-only file system") as info:
             TrainingLoop(cfg_for(d), small_policy())
         assert info.value.errno == errno.EROFS and str(d) in str(info.value)
     finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+        unmount(d)
 
 
 def test_garbage_replay_state_files_name_the_file(tmp_path):

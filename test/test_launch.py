@@ -132,15 +132,35 @@ class _StandIn:
                 setattr(self.modules[parent], child, m)
 
 
+#: ROS packages the tests pretend are installed besides drqv2_ros (e.g. {"joy"})
+INSTALLED: set[str] = set()
+
+
+class PackageNotFoundError(KeyError):
+    pass
+
+
 def _share_directory(pkg):
-    assert pkg == "drqv2_ros", pkg
-    return str(ROOT)  # config/ from this checkout, not a possibly stale installed copy
+    if pkg == "drqv2_ros":
+        return str(ROOT)  # config/ from this checkout, not a possibly stale installed copy
+    if pkg in INSTALLED:
+        return f"/opt/ros/jazzy/share/{pkg}"
+    raise _not_found_error()(pkg)
+
+
+def _not_found_error():
+    try:
+        from ament_index_python.packages import PackageNotFoundError as err
+    except ImportError:
+        err = PackageNotFoundError
+    return err
 
 
 def _describe(monkeypatch, configs: dict[str, str]):
     """Evaluate the launch file as ``ros2 launch`` would for ``configs``: returns the
     declared argument names and the Node actions, each with ``.kw`` = its constructor
     keyword arguments."""
+    configs = {"checkpoint": str(ROOT / "config"), **configs}  # an existing path
     real = _have_real_launch()
     if not real:
         for name, mod in _StandIn().modules.items():
@@ -151,6 +171,7 @@ def _describe(monkeypatch, configs: dict[str, str]):
     else:
         mod = types.ModuleType("ament_index_python.packages")
         mod.get_package_share_directory = _share_directory
+        mod.PackageNotFoundError = PackageNotFoundError
         monkeypatch.setitem(sys.modules, "ament_index_python.packages", mod)
 
     import launch
@@ -191,6 +212,10 @@ def _describe(monkeypatch, configs: dict[str, str]):
     {"mode": "real", "operator": "gamepad", "demo_mode": "true"},
 ])
 def test_launch_file_names_existing_executables_and_params(monkeypatch, configs):
+    import drqv2_ros.bringup.graph as graph
+
+    monkeypatch.setattr(sys.modules[__name__], "INSTALLED", {"joy"})
+    monkeypatch.setattr(graph, "module_available", lambda name: True)  # pygame
     args, nodes = _describe(monkeypatch, configs)
     for required in ("mode", "checkpoint", "params_file", "namespace", "use_sim_time",
                      "log_level", "record"):
@@ -254,3 +279,49 @@ def test_learner_device_argument_reaches_the_learner_and_bad_names_fail_early(mo
         build_graph(GraphOptions(operator="none", learner_device="gpu"))
     cfg = yaml.safe_load((ROOT / "config" / "learner.yaml").read_text())
     assert cfg["/**/learner"]["ros__parameters"]["device"] == "auto"
+
+
+# ------------------------------------------------------------ arguments refused early
+@pytest.mark.parametrize("configs,why", [
+    ({"checkpoint": ""}, "checkpoint:=<path> is required"),
+    ({"checkpoint": "/nonexistent/ckpt"}, "does not exist"),
+    ({"mode": "real", "operator": "joy"}, "needs the ROS 2 joy package"),
+    ({"operator": "wiimote"}, "operator must be one of"),
+    ({"mode": "moon"}, "mode must be"),
+])
+def test_bad_launch_arguments_are_refused_before_any_node_starts(monkeypatch, configs, why):
+    with pytest.raises(ValueError, match=why):
+        _describe(monkeypatch, configs)
+
+
+def test_plain_launcher_refuses_the_same_before_starting(capsys):
+    from drqv2_ros.bringup.launcher import launcher_main
+
+    assert launcher_main(["--mode", "sim"]) == 2
+    assert "checkpoint:=<path> is required" in capsys.readouterr().err
+    assert launcher_main(["--mode", "real", "--operator", "joy", "--checkpoint",
+                          str(ROOT / "config")]) == 2
+    assert "joy package" in capsys.readouterr().err
+
+
+def test_operator_auto_works_on_a_fresh_install(monkeypatch):
+    import drqv2_ros.bringup.graph as graph
+
+    args, nodes = _describe(monkeypatch, {})  # defaults: sim, operator auto
+    assert "scripted_operator" in {n.kw["name"] for n in nodes}
+    ck = str(ROOT / "config")
+    monkeypatch.setattr(graph, "module_available", lambda name: True)
+    real = graph.GraphOptions(mode="real", checkpoint=ck)
+    assert graph.prepare(real, package_available=lambda p: p == "joy").operator == "joy"
+    assert graph.prepare(real, package_available=lambda p: False).operator == "gamepad"
+    monkeypatch.setattr(graph, "module_available", lambda name: False)
+    with pytest.raises(ValueError, match="pip install pygame"):
+        graph.prepare(real, package_available=lambda p: False)
+
+
+def test_headless_rendering_is_chosen_unless_the_user_chose():
+    from drqv2_ros.bringup.graph import rendering_environment
+
+    assert rendering_environment({}) == {"MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl"}
+    assert rendering_environment({"DISPLAY": ":0"}) == {}
+    assert rendering_environment({"MUJOCO_GL": "osmesa"}) == {}

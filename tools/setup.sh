@@ -102,6 +102,9 @@ if ! stamp_ok interfaces "$ikey" || [ ! -d "$SITE/drqv2_ros/srv" ]; then
   # rosidl writes a stub drqv2_ros/__init__.py into site-packages; the real one comes from
   # the source tree (editable install) and extends its __path__ to find msg/ and srv/.
   rm -f "$SITE/drqv2_ros/__init__.py"
+  # ...and an egg-info without entry points: pip's dist-info must stay the package's only
+  # metadata record (importlib.metadata would otherwise list none of its executables).
+  rm -rf "$SITE"/drqv2_ros-*.egg-info
   stamp_set interfaces "$ikey"
 fi
 

@@ -7,7 +7,11 @@ machines without the ``ros2`` CLI. Both read the same parameter files from ``con
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -26,8 +30,9 @@ class GraphOptions:
     bag_path: str = ""                # where to record ("" = recorder's default)
     demo_mode: bool = False           # policy off: the operator drives (demonstrations)
     learner: bool = True              # start the learner
-    operator: str = "joy"             # "joy" (standard joy node), "gamepad" (pygame/evdev),
-    #                                   "scripted" (sim only), "none"
+    operator: str = "auto"            # "joy" (standard joy node), "gamepad" (pygame/evdev),
+    #                                   "scripted" (sim only), "none", "auto" (see
+    #                                   resolve_operator)
     output_dir: str = ""              # learner output (checkpoints, buffer, TensorBoard)
     extra_params_file: str = ""       # a user YAML applied after the defaults
     learner_device: str = ""          # learner's torch device ("" = config/learner.yaml's,
@@ -56,6 +61,59 @@ def build_graph(opt: GraphOptions) -> list[NodeSpec]:
     if unknown:
         raise ValueError(f"nodes {unknown} are not in this graph (it has {names})")
     return [n for n in nodes if n.name in opt.nodes]
+
+
+OPERATORS = ("auto", "joy", "gamepad", "scripted", "none")
+
+
+def module_available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def resolve_operator(opt: GraphOptions, package_available: Callable[[str], bool]) -> str:
+    """``auto``: the scripted operator in simulation; on the real arm the ROS ``joy`` driver
+    when installed, else this package's ``gamepad_joy``."""
+    if opt.operator != "auto":
+        return opt.operator
+    if opt.mode == "sim":
+        return "scripted"
+    return "joy" if package_available("joy") else "gamepad"
+
+
+def prepare(opt: GraphOptions, *, package_available: Callable[[str], bool],
+            path_exists: Callable[[str], bool] = os.path.exists) -> GraphOptions:
+    """Check the launch arguments before any node starts, and resolve ``operator:=auto``;
+    ValueError with what to do otherwise (both launchers call this)."""
+    if opt.mode not in ("sim", "real"):
+        raise ValueError(f"mode must be 'sim' or 'real', got {opt.mode!r}")
+    if opt.operator not in OPERATORS:
+        raise ValueError(f"operator must be one of {', '.join(OPERATORS)}, got {opt.operator!r}")
+    opt = dataclasses.replace(opt, operator=resolve_operator(opt, package_available))
+    nodes = {n.name for n in build_graph(opt)}
+    if nodes & {"policy", "learner"}:
+        if not opt.checkpoint:
+            raise ValueError(
+                "checkpoint:=<path> is required: a converted checkpoint folder or a RoboBase "
+                ".pt snapshot (`drqv2-ros convert latest_snapshot.pt ckpt/` makes one; the "
+                "embedded sim run `drqv2-ros sim-finetune` makes its own)")
+        if not path_exists(os.path.expanduser(opt.checkpoint)):
+            raise ValueError(f"checkpoint {opt.checkpoint} does not exist")
+    if "joy_node" in nodes and not package_available("joy"):
+        raise ValueError("operator:=joy needs the ROS 2 joy package "
+                         "(sudo apt install ros-$ROS_DISTRO-joy); or use operator:=gamepad "
+                         "(pygame or evdev), scripted (sim) or none")
+    if "gamepad_joy" in nodes and not (module_available("pygame") or
+                                       module_available("evdev")):
+        raise ValueError("operator:=gamepad reads the pad with pygame or evdev: pip install "
+                         "pygame (or evdev); or use operator:=joy, scripted (sim) or none")
+    return opt
+
+
+def rendering_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """MuJoCo's offscreen renderer without a display: EGL, unless the user chose one."""
+    if environ.get("MUJOCO_GL") or environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"):
+        return {}
+    return {"MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl"}
 
 
 def parse_nodes(text: str) -> tuple[str, ...]:

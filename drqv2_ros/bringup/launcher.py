@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drqv2_ros.bringup.dds import graph_environment
-from drqv2_ros.bringup.graph import GraphOptions, NodeSpec, build_graph, parse_nodes
+from drqv2_ros.bringup.graph import (
+    OPERATORS,
+    GraphOptions,
+    NodeSpec,
+    build_graph,
+    parse_nodes,
+    prepare,
+    rendering_environment,
+)
 from drqv2_ros.bringup.paths import config_file
 from drqv2_ros.executables import EXECUTABLES
 
@@ -67,6 +75,7 @@ class GraphProcesses:
         self.env = dict(os.environ if env is None else env)
         self.env.update(graph_environment(self.env, peer=opt.peer,
                                           default_profile=config_file("fastdds_profile.xml")))
+        self.env.update(rendering_environment(self.env))
         self.env.setdefault("OMP_NUM_THREADS", "1")
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.running: list[Running] = []
@@ -117,6 +126,22 @@ class GraphProcesses:
         return {r.spec.name: r.proc.poll() for r in self.running}
 
 
+def package_available(name: str) -> bool:
+    """A ROS 2 package in the ament index (False where there is no ROS install)."""
+    try:
+        from ament_index_python.packages import (
+            PackageNotFoundError,
+            get_package_share_directory,
+        )
+    except ImportError:
+        return False
+    try:
+        get_package_share_directory(name)
+    except (PackageNotFoundError, ValueError, KeyError, LookupError):
+        return False
+    return True
+
+
 def add_graph_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--mode", choices=("sim", "real"), default="sim")
     ap.add_argument("--checkpoint", default="", help="converted folder or RoboBase .pt")
@@ -128,8 +153,9 @@ def add_graph_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--demo-mode", action="store_true",
                     help="policy off, the operator drives (for demonstrations)")
     ap.add_argument("--no-learner", action="store_true")
-    ap.add_argument("--operator", choices=("joy", "gamepad", "scripted", "none"),
-                    default="joy")
+    ap.add_argument("--operator", choices=OPERATORS, default="auto",
+                    help="auto: scripted in sim; on the real arm joy when the ROS joy package "
+                         "is installed, else gamepad")
     ap.add_argument("--output-dir", default="", help="learner output directory")
     ap.add_argument("--params-file", default="", help="extra parameters YAML (applied last)")
     ap.add_argument("--nodes", default="",
@@ -159,8 +185,8 @@ def launcher_main(argv: list[str]) -> int:
     ap.add_argument("--log-dir", default="", help="write each node's output to DIR/<node>.log")
     a = ap.parse_args(argv)
     try:
-        graph = GraphProcesses(options_from_args(a),
-                               log_dir=Path(a.log_dir) if a.log_dir else None)
+        opt = prepare(options_from_args(a), package_available=package_available)
+        graph = GraphProcesses(opt, log_dir=Path(a.log_dir) if a.log_dir else None)
     except ValueError as exc:
         print(f"drqv2-ros launch: {exc}", file=sys.stderr)
         return 2
