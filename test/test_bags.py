@@ -498,3 +498,56 @@ def test_ingest_into_replay_adds_each_bag_once(tmp_path):
         assert "already ingested" in s2.notes[0] and "1 episodes" in str(s2)
     with new_buffer(tmp_path / "fresh") as buf:  # a recreated buffer: ledger ignored
         assert ingest_into_replay([a, b], buf, tmp_path / "run").episodes == 2
+
+
+def test_metadata_matches_rosbag2_jazzy_field_by_field(tmp_path, monkeypatch):
+    """The layout rosbag2 (metadata version 9, Jazzy) writes (rosbag2_storage yaml.hpp /
+    qos.cpp): the same keys at every level, QoS policies as rmw's strings, infinite durations
+    as RMW_DURATION_INFINITE, RIHS01 type hashes, ros_distro from $ROS_DISTRO."""
+    import yaml
+
+    monkeypatch.delenv("ROS_DISTRO", raising=False)
+
+    class Profile:  # reliable, transient local, keep last 600; infinite deadline/lifespan
+        history, depth, reliability, durability, liveliness = 1, 600, 1, 1, 1
+        deadline = lifespan = liveliness_lease_duration = 2**63 - 1
+        avoid_ros_namespace_conventions = False
+
+    recs = synthetic_episodes(1, 2, h=8, w=8)
+    ts = project_typestore()
+    with BagRecorder(tmp_path / "bag", "mcap") as bag:
+        bag.add_topic("/step", STEP_TYPE, [Profile()])
+        for r in recs:
+            bag.write("/step", r.stamp_ns, ts.serialize_cdr(step_to_rosbags(r, ts), STEP_TYPE))
+    info = yaml.safe_load((tmp_path / "bag" / "metadata.yaml").read_text())
+    meta = info["rosbag2_bagfile_information"]
+    assert set(info) == {"rosbag2_bagfile_information"}
+    assert set(meta) == {"version", "storage_identifier", "duration", "starting_time",
+                         "message_count", "topics_with_message_count", "compression_format",
+                         "compression_mode", "relative_file_paths", "files", "custom_data",
+                         "ros_distro"}
+    assert meta["version"] == 9 and meta["storage_identifier"] == "mcap"
+    assert meta["ros_distro"] == "jazzy"
+    assert set(meta["duration"]) == {"nanoseconds"}
+    assert set(meta["starting_time"]) == {"nanoseconds_since_epoch"}
+    assert meta["message_count"] == len(recs) and meta["compression_format"] == ""
+    (f,) = meta["files"]
+    assert set(f) == {"path", "starting_time", "duration", "message_count"}
+    assert meta["relative_file_paths"] == [f["path"]]
+    (topic,) = meta["topics_with_message_count"]
+    assert set(topic) == {"topic_metadata", "message_count"}
+    tm = topic["topic_metadata"]
+    assert set(tm) == {"name", "type", "serialization_format", "offered_qos_profiles",
+                       "type_description_hash"}
+    assert tm["type_description_hash"] == ts.hash_rihs01(STEP_TYPE)
+    assert tm["type_description_hash"].startswith("RIHS01_")
+    (q,) = tm["offered_qos_profiles"]
+    infinite = {"sec": 9223372036, "nsec": 854775807}
+    assert q == {"history": "keep_last", "depth": 600, "reliability": "reliable",
+                 "durability": "transient_local", "deadline": infinite, "lifespan": infinite,
+                 "liveliness": "automatic", "liveliness_lease_duration": infinite,
+                 "avoid_ros_namespace_conventions": False}
+    monkeypatch.setenv("ROS_DISTRO", "kilted")
+    with BagRecorder(tmp_path / "bag2", "mcap") as bag:
+        bag.add_topic("/step", STEP_TYPE, [Profile()])
+    assert "ros_distro: kilted" in (tmp_path / "bag2" / "metadata.yaml").read_text()

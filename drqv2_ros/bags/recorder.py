@@ -13,6 +13,8 @@ The demo-recording topic set and each topic's type and QoS class follow
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from rosbags.interfaces import (
 )
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from drqv2_ros.atomic_write import atomic_write_text
 from drqv2_ros.bags.typestore import project_typestore
 
 __all__ = [
@@ -86,7 +89,16 @@ DEMO_TOPICS: list[str] = [
 ]
 
 _INFINITE_NS = 2**63 - 1
-_RMW_INFINITE = QosTime(2147483647, 4294967295)  # how rosbag2 writes an infinite duration
+#: RMW_DURATION_INFINITE {9223372036, 854775807}, as rosbag2 (metadata version 9, Jazzy)
+#: writes an infinite duration. ({2147483647, 4294967295} is what Foxy-era Fast DDS
+#: reported; rosbag2 only reads it back as infinite.)
+_RMW_INFINITE = QosTime(9223372036, 854775807)
+
+
+def ros_distro() -> str:
+    """The ROS 2 distro the bag is recorded with (rosbag2 writes ``$ROS_DISTRO``; the
+    package's ROS 2 wheels are Jazzy's when it is unset)."""
+    return (os.environ.get("ROS_DISTRO") or "jazzy").strip().lower()
 
 
 def storage_plugin(name: str) -> StoragePlugin:
@@ -120,7 +132,7 @@ def _duration(value: Any) -> QosTime:
     if ns >= _INFINITE_NS or ns < 0:
         return _RMW_INFINITE
     sec, nsec = divmod(ns, 1_000_000_000)
-    if sec > 2147483647:
+    if sec > _RMW_INFINITE.sec:
         return _RMW_INFINITE
     return QosTime(sec, nsec)
 
@@ -216,6 +228,16 @@ class BagRecorder:
                 return
             self.closed = True
             self._writer.close()
+            self._stamp_distro()
+
+    def _stamp_distro(self) -> None:
+        """``ros_distro`` as rosbag2 writes it (rosbags writes ``rosbags`` there; the copy
+        of the metadata inside an MCAP file keeps rosbags' value)."""
+        meta = self.path / "metadata.yaml"
+        text = meta.read_text()
+        fixed = re.sub(r"(?m)^(\s*ros_distro:) rosbags$", rf"\1 {ros_distro()}", text)
+        if fixed != text:
+            atomic_write_text(meta, fixed)
 
     def abort(self) -> None:
         """Stop without finishing the bag (leaves what a crash would)."""
