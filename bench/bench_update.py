@@ -106,6 +106,12 @@ def bench_batch(b: int, iters: int, seed: int = 0) -> dict[str, float]:
     def update():
         learner.update(batch)
 
+    frozen_policy = DrQV2Policy(DrQV2Config())
+    frozen = DrQV2Learner(frozen_policy, seed=seed, freeze_encoder=True)
+
+    def frozen_update():
+        frozen.update(batch)
+
     params = list(policy.parameters())
 
     def raw():
@@ -149,7 +155,8 @@ def bench_batch(b: int, iters: int, seed: int = 0) -> dict[str, float]:
     for p in params:
         p.grad = None
     # Round-robin, so that load from other processes hits every measurement alike.
-    fns = {"update_s": update, "raw_fwd_bwd_s": raw, "aug_s": aug,
+    fns = {"update_s": update, "frozen_encoder_update_s": frozen_update,
+           "raw_fwd_bwd_s": raw, "aug_s": aug,
            "next_encode_and_target_s": next_and_target, "target_ema_s": ema}
     for f in fns.values():
         f()  # warm-up
@@ -164,6 +171,7 @@ def bench_batch(b: int, iters: int, seed: int = 0) -> dict[str, float]:
     res["updates_per_s"] = 1.0 / res["update_s"]
     res["samples_per_s"] = b / res["update_s"]
     res["update_over_raw"] = res["update_s"] / res["raw_fwd_bwd_s"]
+    res["frozen_speedup"] = res["update_s"] / res["frozen_encoder_update_s"]
     return res
 
 
@@ -341,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batch {b:4d}: update {r['update_s'] * 1e3:8.1f} ms = {r['updates_per_s']:6.2f} "
               f"updates/s ({r['samples_per_s']:6.0f} samples/s) | raw fwd+bwd "
               f"{r['raw_fwd_bwd_s'] * 1e3:8.1f} ms | update/raw {r['update_over_raw']:.2f}")
+        print(f"            freeze_encoder: {r['frozen_encoder_update_s'] * 1e3:8.1f} ms = "
+              f"{1 / r['frozen_encoder_update_s']:6.2f} updates/s, "
+              f"{r['frozen_speedup']:.2f}x the full update")
         print(f"            rest: aug {r['aug_s'] * 1e3:.1f} ms, next encode + target "
               f"{r['next_encode_and_target_s'] * 1e3:.1f} ms, AdamW steps "
               f"{r['optimiser_steps_s'] * 1e3:.1f} ms, target EMA {r['target_ema_s'] * 1e3:.1f} ms")

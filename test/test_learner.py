@@ -522,3 +522,44 @@ def test_keep_freed_memory_in_a_subprocess():
             "import sys; sys.exit(0 if k() else 3)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_freeze_encoder_trains_only_bottlenecks_and_heads():
+    rng = np.random.default_rng(0)
+    policy = make_policy(seed=3)
+    enc0 = {k: v.clone() for k, v in policy.encoder.state_dict().items()}
+    rest0 = {k: v.clone() for k, v in policy.state_dict().items() if not k.startswith("encoder.")}
+    learner = DrQV2Learner(policy, freeze_encoder=True, seed=1)
+    for _ in range(3):
+        m = learner.update(make_batch(policy.config, rng))
+        assert np.isfinite(float(m["critic_loss"]))
+    for k, v in policy.encoder.state_dict().items():
+        assert torch.equal(v, enc0[k]), f"{k} changed with freeze_encoder"
+    changed = [k for k, v in policy.state_dict().items()
+               if not k.startswith("encoder.") and not torch.equal(v, rest0[k])]
+    assert any(k.startswith("critic.") for k in changed)
+    assert any(k.startswith("actor.") for k in changed)
+    assert all(p.grad is None for p in policy.encoder.parameters())
+
+
+def test_freeze_encoder_off_is_the_unchanged_update():
+    rng = np.random.default_rng(0)
+    batch = make_batch(make_policy().config, rng)
+    a, b = make_policy(seed=5), make_policy(seed=5)
+    DrQV2Learner(a, seed=2).update(batch)
+    DrQV2Learner(b, seed=2, freeze_encoder=False).update(batch)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_freeze_encoder_channels_last_forward_deviation():
+    """The frozen path encodes channels-last (faster); its features stay within 1e-5 of the
+    default layout's."""
+    policy = make_policy(seed=4)
+    learner = DrQV2Learner(policy, freeze_encoder=True)
+    rgb = torch.rand(6, *make_batch(policy.config, np.random.default_rng(0), b=1)["rgb"].shape[1:]
+                     ) * 255
+    with torch.no_grad():
+        ref = policy.encode(rgb)
+        cl = learner.encode(rgb.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3))
+    assert torch.allclose(cl, ref, atol=1e-5, rtol=0), float((cl - ref).abs().max())

@@ -64,6 +64,8 @@ class TrainingConfig:
     flush_period_s: float = param(1.0, "replay buffer flush period (transitions are "
                                       "acknowledged once flushed), s")
     bc_weight: float = param(0.0, "BC term weight on demo/intervention samples (0 = off)")
+    freeze_encoder: bool = param(False, "keep the checkpoint's encoder fixed; train only the "
+                                        "bottlenecks and heads (HIL-SERL's real-robot practice)")
     seed: int = param(0, "learner seed")
     tensorboard: bool = param(True, "log metrics for TensorBoard under output_dir/tensorboard")
     device: str = param("auto", "where updates run: auto (CUDA when available), cpu, cuda, "
@@ -124,7 +126,8 @@ class TrainingLoop:
         _check_writable(self.out)
         state_path = self.out / STATE_FILE
         compute = dict(device=cfg.device, precision=cfg.precision, compile=cfg.compile,
-                       cuda_graphs=cfg.cuda_graphs, bc_weight=cfg.bc_weight)
+                       cuda_graphs=cfg.cuda_graphs, bc_weight=cfg.bc_weight,
+                       freeze_encoder=cfg.freeze_encoder)
         if cfg.resume and state_path.exists():
             # A resume that cannot load is an error: never silently start from scratch.
             self.learner = DrQV2Learner.resume(policy, state_path, **compute)
