@@ -268,9 +268,9 @@ def _mcap_records(f: Path, info: BagInfo) -> Iterator[tuple]:
                 try:
                     stream = ReadDataStream(io.BytesIO(body))
                     if op == _OP_CHUNK:
-                        yield from _chunk(_read_chunk(stream), f, pos, info)
+                        yield from _chunk(_read_record(op, stream, length), f, pos, info)
                     else:
-                        yield _record(op, stream, length)
+                        yield _as_tuple(_read_record(op, stream, length))
                 except _Skip as exc:
                     info.skipped_chunks += 1
                     _note(info, f, f"chunk at byte {pos} skipped: {exc}")
@@ -286,23 +286,13 @@ class _Skip(Exception):
     pass
 
 
-def _read_chunk(stream):
-    from mcap.records import Chunk
+def _read_record(op: int, stream, length: int):
+    """The mcap record (Schema, Channel, Message or Chunk) of opcode ``op``."""
+    from mcap.records import Channel, Chunk, Message, Schema
 
-    return Chunk.read(stream)
-
-
-def _record(op: int, stream, length: int) -> tuple:
-    from mcap.records import Channel, Message, Schema
-
-    if op == _OP_SCHEMA:
-        s = Schema.read(stream)
-        return ("schema", s.id, s.name, _schema_text(s))
-    if op == _OP_CHANNEL:
-        c = Channel.read(stream)
-        return ("channel", c.id, c.topic, c.schema_id, c.metadata.get("topic_type_hash", ""))
-    m = Message.read(stream, length)
-    return ("message", m.channel_id, m.log_time, bytes(m.data))
+    if op == _OP_MESSAGE:
+        return Message.read(stream, length)
+    return {_OP_SCHEMA: Schema, _OP_CHANNEL: Channel, _OP_CHUNK: Chunk}[op].read(stream)
 
 
 def _inflate(compression: str, data: bytes, limit: int) -> bytes:
@@ -351,7 +341,7 @@ def _chunk(chunk, f: Path, pos: int, info: BagInfo) -> list[tuple]:
         inner = breakup_chunk(dataclasses.replace(chunk, compression="", data=raw))
     except Exception as exc:
         raise _Skip(f"malformed records inside ({type(exc).__name__}: {exc})") from None
-    return [_as_tuple(r) for r in inner if _as_tuple(r) is not None]
+    return [t for t in map(_as_tuple, inner) if t is not None]
 
 
 def _as_tuple(r) -> tuple | None:
@@ -389,9 +379,9 @@ def _cut_chunk(body: bytes, f: Path, info: BagInfo) -> Iterator[tuple]:
         if pos + _HEAD.size + length > len(data):
             return
         try:
-            rec = _record(op, ReadDataStream(io.BytesIO(data[pos + _HEAD.size:
-                                                             pos + _HEAD.size + length])),
-                          length) if op in (_OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE) else None
+            rec = _as_tuple(_read_record(op, ReadDataStream(io.BytesIO(
+                data[pos + _HEAD.size:pos + _HEAD.size + length])), length)
+                ) if op in (_OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE) else None
         except Exception:
             rec = None
         if rec is not None:
