@@ -7,6 +7,10 @@ import pytest
 from drqv2_ros.acting.control_loop import ControlLoop, Event, LoopConfig
 from drqv2_ros.observation.frame_stack import FrameStacker
 from drqv2_ros.observation.low_dim import LowDimLayout, LowDimLayoutError, build_low_dim
+from drqv2_ros.policy.configuration_drqv2 import (
+    PICK101_LOW_DIM_LAYOUT_18,
+    PICK101_LOW_DIM_LAYOUT_21,
+)
 
 MS = 1_000_000
 
@@ -164,19 +168,22 @@ def test_frame_stacker_repeats_first_and_keeps_oldest_first():
     assert rgb[0, ::3, 0, 0].tolist() == [0, 1, 2] and low.tolist() == [0, 0, 1, 1, 2, 2]
 
 
-def test_low_dim_layout_inference_and_refusals():
-    assert LowDimLayout.infer(54, 3).size == 18
-    lay63 = LowDimLayout.infer(63, 3)
+def test_low_dim_layout_from_the_recorded_one_and_refusals():
+    lay54 = LowDimLayout.from_recorded(PICK101_LOW_DIM_LAYOUT_18)
+    assert lay54.size == 18 and not lay54.needs_privileged
+    lay63 = LowDimLayout.from_recorded(PICK101_LOW_DIM_LAYOUT_21)
     assert lay63.needs_privileged
-    with pytest.raises(LowDimLayoutError, match="unknown low-dim layout"):
-        LowDimLayout.infer(30, 3)
+    with pytest.raises(LowDimLayoutError, match="recorded as 10 values"):
+        LowDimLayout.from_recorded([("joint_pos", 10, "rad")])
+    with pytest.raises(LowDimLayoutError, match="repeats a field"):
+        LowDimLayout.from_recorded([("joint_pos", 6, "rad")] * 2)
     q = np.arange(6, dtype=float)
-    v = build_low_dim(LowDimLayout.infer(54, 3), q, q, np.ones(3), np.zeros(3))
+    v = build_low_dim(lay54, q, q, np.ones(3), np.zeros(3))
     assert v.dtype == np.float32 and v.shape == (18,)
     with pytest.raises(LowDimLayoutError, match="cube_pos"):
         build_low_dim(lay63, q, q, np.ones(3), np.zeros(3))
     with pytest.raises(ValueError, match="NaN"):
-        build_low_dim(LowDimLayout.infer(54, 3), q * np.nan, q, np.ones(3), np.zeros(3))
+        build_low_dim(lay54, q * np.nan, q, np.ones(3), np.zeros(3))
 
 
 def test_late_event_from_the_previous_episode_is_ignored():

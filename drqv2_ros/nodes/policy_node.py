@@ -96,10 +96,11 @@ class PolicyNode(Node):
         p = self.p = declare_parameters(self, PolicyParams)
         if not p.checkpoint:
             raise ValueError("parameter `checkpoint` is required (converted folder or .pt)")
-        self.limits = LoadLimits(max_file_bytes=int(p.max_checkpoint_mb * (1 << 20)))
         kin = Kinematics()
         # one loader child for the node's life (torch imported once); a stuck load is killed
-        self.loader = CheckpointLoader(limits=self.limits, timeout_s=p.load_timeout_s)
+        self.loader = CheckpointLoader(
+            limits=LoadLimits(max_file_bytes=int(p.max_checkpoint_mb * (1 << 20))),
+            timeout_s=p.load_timeout_s)
         runner = self.loader.load(p.checkpoint)
         runner._gen.manual_seed(p.seed)
         self.actor = Actor(
@@ -124,7 +125,6 @@ class PolicyNode(Node):
         self._reset_deadline = 0.0
         self._last_weights_time = time.monotonic()
         self._weights_warned = False
-        self._max_gap_reported = 0.0
         self.last_hot_swap = ""
         self.steps_published = 0
 

@@ -6,7 +6,8 @@ Per frame (18 values, radians / metres, unnormalised, as pick-101's sim produced
 (3, rad: roll, pitch, yaw of the site, ``robot.kinematics.rotation_to_euler``).
 Older pick-101 checkpoints append the PRIVILEGED ``cube_pos`` (3, m) -> 21 per frame
 (63 stacked): a real robot has no such sensor, so that layout is run only if the
-configuration says how to fill it.
+configuration says how to fill it. The layout is the one the checkpoint recorded
+(``config.low_dim_layout``), never guessed from its size.
 """
 
 from __future__ import annotations
@@ -15,14 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BASE_FIELDS: tuple[tuple[str, int], ...] = (
-    ("joint_pos", 6),
-    ("joint_vel", 6),
-    ("gripper_xyz", 3),
-    ("gripper_euler", 3),
-)
-PRIVILEGED_FIELDS: tuple[tuple[str, int], ...] = (("cube_pos", 3),)
-BASE_SIZE = sum(n for _, n in BASE_FIELDS)
 #: What the actor can fill: name -> (size, unit of training).
 KNOWN_FIELDS: dict[str, tuple[int, str]] = {
     "joint_pos": (6, "rad"), "joint_vel": (6, "rad/s"), "gripper_xyz": (3, "m"),
@@ -36,7 +29,7 @@ class LowDimLayoutError(ValueError):
 
 @dataclass(frozen=True)
 class LowDimLayout:
-    """Which fields a checkpoint's per-frame low-dim state holds, inferred from its size."""
+    """Which fields a checkpoint's per-frame low-dim state holds, as it recorded them."""
 
     fields: tuple[tuple[str, int], ...]
 
@@ -67,21 +60,6 @@ class LowDimLayout:
         if len({n for n, _ in fields}) != len(fields):
             raise LowDimLayoutError(f"low-dim layout repeats a field: {[n for n, _ in fields]}")
         return cls(tuple(fields))
-
-    @classmethod
-    def infer(cls, low_dim_size: int, frame_stack: int) -> LowDimLayout:
-        if frame_stack <= 0 or low_dim_size % frame_stack:
-            raise LowDimLayoutError(
-                f"low-dim size {low_dim_size} is not a multiple of frame stack {frame_stack}")
-        per_frame = low_dim_size // frame_stack
-        if per_frame == BASE_SIZE:
-            return cls(BASE_FIELDS)
-        if per_frame == BASE_SIZE + 3:
-            return cls(BASE_FIELDS + PRIVILEGED_FIELDS)
-        raise LowDimLayoutError(
-            f"unknown low-dim layout: {per_frame} values per frame ({low_dim_size} / "
-            f"{frame_stack}); known: {BASE_SIZE} (pick-101) and {BASE_SIZE + 3} "
-            "(pick-101 with privileged cube_pos)")
 
 
 def build_low_dim(layout: LowDimLayout, joint_pos: np.ndarray, joint_vel: np.ndarray,
