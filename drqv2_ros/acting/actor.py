@@ -55,8 +55,7 @@ class Actor:
         if self.contract.num_views != 1:
             raise IncompatibleCheckpoint(f"checkpoint has {self.contract.num_views} camera "
                                          "views; the actor feeds one (camera/image_policy)")
-        self.layout = self.contract.check_config(runner.config)
-        self.contract.check_runner(runner)
+        self.layout = self.contract.check_runner(runner)
         self.kin = kinematics
         self.checks = InputChecks(input_limits or InputLimits(kinematics.lower, kinematics.upper))
         self.runner = runner

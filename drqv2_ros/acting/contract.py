@@ -78,9 +78,10 @@ class ActorContract:
             raise IncompatibleCheckpoint(f"stddev_schedule: {exc}") from None
         return layout
 
-    def check_runner(self, runner) -> None:
-        """Config, finite weights and a finite dry-run action (mean and explored)."""
-        self.check_config(runner.config)
+    def check_runner(self, runner) -> LowDimLayout:
+        """Config, finite weights and a finite dry-run action (mean and explored); returns
+        the low-dim layout."""
+        layout = self.check_config(runner.config)
         for k, v in runner.policy.state_dict().items():
             if v.is_floating_point() and not bool(torch.isfinite(v).all()):
                 raise IncompatibleCheckpoint(f"{k} has NaN/Inf values")
@@ -93,6 +94,7 @@ class ActorContract:
                 raise IncompatibleCheckpoint(
                     f"a dry-run forward pass (explore={explore}) gave {a!r}, not "
                     f"{self.action_dim} finite values")
+        return layout
 
 
 def _fmt(v) -> str:
