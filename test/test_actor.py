@@ -5,6 +5,7 @@ with a timeout."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -187,6 +188,31 @@ def test_missed_ticks_are_counted_as_ticks():
         clock.tick(t)
     assert clock.missed == 47 + 2  # a 4.8 s stall misses 47 ticks, a 0.3 s gap 2, 0.12 s none
     assert clock.max_gap == pytest.approx(4.8)
+
+
+def test_wait_for_tick_returns_after_the_next_tick(kin):
+    actor = make_actor(kin)
+    assert not actor.wait_for_tick(0.05)  # no loop ticking: a bounded wait, nothing held up
+    done = []
+    waiter = threading.Thread(target=lambda: done.append(actor.wait_for_tick(5.0)))
+    waiter.start()
+    time.sleep(0.2)
+    assert not done  # still waiting: the tick has not run
+    actor.tick(NOW, 0.0)
+    waiter.join(5.0)
+    assert done == [True]
+
+
+def test_late_ticks_are_not_missed_ticks():
+    # ROS timers keep their phase: a tick 80 ms late (a 180 ms gap, then 20 ms) used no slot
+    # less; only a slot that got no tick is missed. A late first tick moves the origin.
+    clock = TickClock(10.0)
+    for t in (0.05, 0.1, 0.2, 0.38, 0.4, 0.5, 0.6, 0.79, 0.8):
+        clock.tick(t)
+    assert (clock.missed, clock.late) == (0, 2)
+    clock.tick(1.03)  # slot 0.9 had no tick; 1.03 is slot 1.0, 30 ms late
+    assert (clock.missed, clock.late) == (1, 2)
+    assert clock.max_gap == pytest.approx(0.23)
 
 
 # ---------------------------------------------------------------- isolated loading

@@ -141,7 +141,10 @@ def test_hot_swap_misses_no_tick(graph):
 
     wait_for(lambda: "hot_swaps" in graph.last_status(), 10, "policy status", graph.procs)
     since, swaps0 = len(graph.cmds), graph.last_status()["hot_swaps"]
+    late0 = graph.last_status()["late_ticks"]
     missed, took = _missed_during(graph, swaps)
+    print(f"\n{missed} control ticks missed, {graph.last_status()['late_ticks'] - late0} late "
+          f"(> half a period) during 6 hot-swaps ({took:.1f} s)")
     assert all(r.success for r in results), [r.message for r in results]
     assert '"frame_stack": 3' in results[-1].loaded
     assert len(graph.cmds) > since

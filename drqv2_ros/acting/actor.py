@@ -10,11 +10,15 @@ turns messages into arrays, calls it, and publishes what it returns.
 
 Thread model: inputs and ``tick`` run on the control thread; ``install`` (after a hot-swap
 load or a learner push prepared elsewhere) may run on any thread: the swap takes effect at
-the next tick boundary.
+the next tick boundary. Work that runs in the actor's process beside the control thread
+(building and checking a new runner: ~30 ms of mostly Python, holding the GIL) first waits
+for :meth:`Actor.wait_for_tick`, so it fills the gap after a tick instead of competing with
+the next one (each GIL hand-over inside a forward pass can cost a switch interval).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter
 
@@ -30,21 +34,35 @@ from drqv2_ros.robot.kinematics import Kinematics, rotation_to_euler
 
 
 class TickClock:
-    """Missed control ticks, counted as ticks: a gap of N periods misses N - 1."""
+    """Control ticks against the timer's grid. ROS timers keep their phase: a late callback
+    does not shift the later ones, and the slots it overran get no callback. So each tick is
+    placed in its slot from the grid's origin: a tick up to a period late is only late
+    (``late``: more than half a period), a slot without a tick is missed (``missed``: a 4.8 s
+    stall at 10 Hz misses 47). The origin is the earliest phase seen (the first tick may
+    itself have been late)."""
 
     def __init__(self, rate_hz: float):
         self.period = 1.0 / rate_hz
-        self.last: float | None = None
+        self.origin: float | None = None
+        self.slot = 0
+        self.last = 0.0
         self.missed = 0
+        self.late = 0
         self.max_gap = 0.0
 
     def tick(self, t: float) -> None:
-        if self.last is not None:
-            gap = t - self.last
-            self.max_gap = max(self.max_gap, gap)
-            if gap > 1.5 * self.period:
-                self.missed += int(round(gap / self.period)) - 1
+        if self.origin is None:
+            self.origin, self.last = t, t
+            return
+        self.max_gap = max(self.max_gap, t - self.last)
         self.last = t
+        k = math.floor((t - self.origin) / self.period)
+        if k <= self.slot:  # earlier than the grid says: the origin was a late tick
+            k = self.slot + 1
+            self.origin = t - k * self.period
+        self.missed += k - self.slot - 1
+        self.late += int(t - self.origin - k * self.period > 0.5 * self.period)
+        self.slot = k
 
 
 class Actor:
@@ -68,6 +86,8 @@ class Actor:
         self.refused_swaps = 0
         self._cube_pos: np.ndarray | None = None
         self._lock = threading.Lock()
+        self._ticked = threading.Condition()
+        self._ticks_done = 0
 
     # -- inputs ----------------------------------------------------------------------------
     def drop(self, what: str, exc: Exception) -> bool:
@@ -172,7 +192,20 @@ class Actor:
     # -- control ---------------------------------------------------------------------------
     def tick(self, now_ns: int, mono_s: float) -> TickResult:
         self.clock.tick(mono_s)
-        return self.loop.tick(now_ns)
+        try:
+            return self.loop.tick(now_ns)
+        finally:
+            with self._ticked:
+                self._ticks_done += 1
+                self._ticked.notify_all()
+
+    def wait_for_tick(self, timeout_s: float | None = None) -> bool:
+        """Block until the next control tick has run (at most ``timeout_s``, default two
+        periods: a loop that is not ticking holds nothing up). True if a tick ran."""
+        timeout = 2.0 * self.clock.period if timeout_s is None else timeout_s
+        with self._ticked:
+            n = self._ticks_done
+            return self._ticked.wait_for(lambda: self._ticks_done != n, timeout)
 
     def status(self) -> dict:
         st = self.loop.stats
@@ -185,6 +218,7 @@ class Actor:
             "ticks": st.ticks, "commanded": st.commanded, "skipped": dict(st.skipped),
             "interventions": st.interventions, "dropped": dict(self.dropped),
             "last_drop": self.last_drop, "missed_ticks": self.clock.missed,
+            "late_ticks": self.clock.late,
             "weights_version": self.runner.weights_version, "source": self.runner.source,
             "schedule_step": self.runner.schedule_step, "hot_swaps": self.hot_swaps,
             "refused_swaps": self.refused_swaps,

@@ -82,6 +82,14 @@ class CheckpointLoader:
         """A :class:`~drqv2_ros.acting.policy_runner.PolicyRunner` for ``path``. Raises
         :class:`CheckpointError` with the reason (refused, timed out, the loader died)."""
         from drqv2_ros.acting.policy_runner import PolicyRunner
+
+        config, blob, src = self.fetch(path, root=root, source=source)
+        return PolicyRunner.from_actor_bytes(config, blob, source=src)
+
+    def fetch(self, path: str | os.PathLike, *, root: str = "", source: str | None = None):
+        """The child's answer for ``path``: ``(config, actor weights blob, source)``, for
+        ``PolicyRunner.from_actor_bytes`` (a caller beside a control loop builds the runner
+        when it suits the loop). Raises :class:`CheckpointError` like :meth:`load`."""
         from drqv2_ros.policy.configuration_drqv2 import ConfigError, DrQV2Config
 
         p = _resolve(path, root)
@@ -91,7 +99,7 @@ class CheckpointLoader:
             config = DrQV2Config.from_json(config_json.decode())
         except (ConfigError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{p}: the loader's answer is unreadable ({exc})") from None
-        return PolicyRunner.from_actor_bytes(config, blob, source=source or str(p))
+        return config, blob, source or str(p)
 
     def _request(self, p: Path) -> tuple[bytes, bytes]:
         child = self._ensure_child()

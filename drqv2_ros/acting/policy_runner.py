@@ -40,12 +40,10 @@ class PolicyRunner:
     @classmethod
     def from_actor_bytes(cls, config: DrQV2Config, data: bytes, **kw) -> PolicyRunner:
         """A runner from a config and the encoder + actor safetensors blob
-        (``weights.actor_state_bytes``): built on the meta device, then only the acting
-        parts are allocated and loaded (names, shapes, finiteness checked)."""
+        (``weights.actor_state_bytes``): only the acting parts are built, on the meta device,
+        then allocated and loaded (names, shapes, finiteness checked)."""
         with torch.device("meta"):
-            policy = DrQV2Policy(config, init_weights=False)
-        for name in ("critic", "critic_target"):
-            setattr(policy, name, torch.nn.Module())
+            policy = DrQV2Policy(config, init_weights=False, critics=False)
         policy.to_empty(device="cpu")
         meta = load_actor_bytes(policy, data)
         try:  # where training stood travels in the blob's metadata

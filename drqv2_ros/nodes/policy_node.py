@@ -157,11 +157,13 @@ class PolicyNode(Node):
         self._svc_thread = threading.Thread(target=self._spin_service,
                                             name="hot_swap_service", daemon=True)
         self._svc_thread.start()
-        # Learner pushes are decoded in their own thread at a lower CPU priority; hot-swap
-        # loads run in a child process (acting.loader) waited on by the service thread, so a
-        # slow or stuck load never delays a push, a tick or the next load.
-        self._push_loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weights",
-                                               initializer=_lower_thread_priority)
+        # Learner pushes are decoded in their own thread; hot-swap loads run in a child
+        # process (acting.loader) waited on by the service thread, so a slow or stuck load
+        # never delays a push, a tick or the next load. What either does in this process
+        # (build + check the new runner) starts right after a tick (Actor.wait_for_tick).
+        # No lowered thread priority: a descheduled thread holding the GIL would stall the
+        # control thread that waits for it.
+        self._push_loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weights")
         self.timer = self.create_timer(1.0 / p.control_rate_hz, self._tick)
         self.create_timer(1.0, self._publish_status)
         self.get_logger().info(f"policy ready: {describe(runner)}")
@@ -213,6 +215,7 @@ class PolicyNode(Node):
 
     def _apply_weights(self, cur: PolicyRunner, packet: WeightsPacket) -> None:
         try:
+            self.actor.wait_for_tick()
             runner = self.actor.runner_from_weights(packet)
         except WeightsError as exc:
             self.actor.drop("policy_weights", exc)
@@ -230,7 +233,10 @@ class PolicyNode(Node):
     def _on_load_checkpoint(self, request, response):
         t0 = time.monotonic()
         try:
-            runner = self.loader.load(request.path, root=self.p.checkpoint_root)
+            config, blob, source = self.loader.fetch(request.path,
+                                                     root=self.p.checkpoint_root)
+            self.actor.wait_for_tick()
+            runner = PolicyRunner.from_actor_bytes(config, blob, source=source)
             self.actor.install(runner, hot_swap=True)
         except (CheckpointError, IncompatibleCheckpoint, WeightsError, OSError) as exc:
             response.success = False
@@ -350,16 +356,11 @@ class PolicyNode(Node):
                 f"last ones ({runner.source}, v{runner.weights_version})")
 
 
-def _lower_thread_priority() -> None:
-    """Linux: niceness is per thread; the loader yields the CPU to the control loop."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (OSError, AttributeError):
-        pass
-
-
 def main(args=None) -> int:
     torch.set_num_threads(1)  # batch-1 inference: more threads only fight the other nodes
+    # The control thread takes the GIL back within 1 ms (not 5) when a helper thread holds
+    # it: a batch-1 forward pass releases and retakes it at every op.
+    sys.setswitchinterval(0.001)
     return run_node(PolicyNode, args)
 
 

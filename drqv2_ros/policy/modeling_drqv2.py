@@ -346,7 +346,8 @@ class DrQV2Model(nn.Module):
         model.soft_update_target()                     # Polyak with critic_target_tau
     """
 
-    def __init__(self, config: DrQV2Config, *, init_weights: bool = True):
+    def __init__(self, config: DrQV2Config, *, init_weights: bool = True,
+                 critics: bool = True):
         super().__init__()
         self.config = config
         self.encoder = MultiViewConvEncoder(
@@ -358,7 +359,8 @@ class DrQV2Model(nn.Module):
             config.encoder_kernel_size,
         )
         self.actor = Actor(config)
-        self.critic = Critic(config)
+        # critics=False: acting only (the actor process): parameter-free placeholders
+        self.critic = Critic(config) if critics else nn.Module()
         if init_weights:  # skipped when weights are loaded right after (saves ~0.1-1 s)
             self.apply(weight_init)
         self.critic_target = copy.deepcopy(self.critic)
@@ -481,10 +483,11 @@ class DrQV2Policy(DrQV2Model):
     config_class = DrQV2Config
     name = "drqv2"
 
-    def __init__(self, config: DrQV2Config, *, init_weights: bool = True):
+    def __init__(self, config: DrQV2Config, *, init_weights: bool = True,
+                 critics: bool = True):
         if not isinstance(config, DrQV2Config):
             raise TypeError(f"config must be a DrQV2Config, got {type(config).__name__}")
-        super().__init__(config, init_weights=init_weights)
+        super().__init__(config, init_weights=init_weights, critics=critics)
         #: where training stood (not configuration): the std schedule's default step
         self.training_counters = TrainingCounters()
         self.eval()
