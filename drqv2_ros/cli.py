@@ -21,6 +21,9 @@ COMMANDS = {
     "launch": ("drqv2_ros.bringup.launcher", "launcher_main", "start the node graph"),
     "sim-finetune": ("drqv2_ros.demo.sim_finetune", "sim_finetune_main",
                      "run the HIL fine-tuning loop in simulation"),
+    "sim-train": ("drqv2_ros.demo.sim_train", "sim_train_main",
+                  "the fine-tuning loop in one process, faster than real time, with "
+                  "policy-only evaluation"),
 }
 
 

@@ -199,3 +199,22 @@ def test_late_event_from_the_previous_episode_is_ignored():
     _feed(loop, 1200 * MS)
     res = loop.tick(1201 * MS)
     assert res.step.is_last and res.step.terminated and res.step.reward == 0.0
+
+
+def test_evaluation_episode_acts_alone_with_the_mean_action():
+    # Evaluation: the policy alone (the operator's takeover is ignored), mean action, steps
+    # marked so that nobody trains on them; the next training episode is as before.
+    loop, calls = _loop(policy_enabled=False)  # even where the policy does not drive training
+    loop.start_episode(evaluate=True)
+    _feed(loop, 0)
+    loop.on_operator(True, np.full(4, -1.0, np.float32), 0)
+    res = loop.tick(10 * MS)
+    assert not res.is_intervention and res.evaluation and res.step.is_first
+    np.testing.assert_array_equal(res.command, np.full(4, 0.5, np.float32))
+    assert calls[-1][2] is False  # explore off
+    loop.start_episode(100 * MS)
+    _feed(loop, 100 * MS)
+    loop.on_operator(True, np.full(4, -1.0, np.float32), 100 * MS)
+    res = loop.tick(110 * MS)
+    assert res.is_intervention and not res.evaluation
+    np.testing.assert_array_equal(res.command, np.full(4, -1.0, np.float32))

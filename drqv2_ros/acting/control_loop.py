@@ -56,6 +56,7 @@ class TickResult:
     end_reason: str = ""                 # why it ended: success, failure, reward, rerecord,
     #                                      timeout (max_episode_steps)
     is_intervention: bool = False
+    evaluation: bool = False             # a step of an evaluation episode: never train on it
 
 
 @dataclass
@@ -95,6 +96,7 @@ class ControlLoop:
         self._prev_intervention = False
         self._last_gripper = 0.0
         self._episode_start_ns = 0
+        self.evaluating = False
 
     # -- inputs (newest value wins) ------------------------------------------------------
     def on_image(self, frames: np.ndarray, stamp_ns: int) -> None:
@@ -120,8 +122,11 @@ class ControlLoop:
         """Install a new policy; it takes effect at the start of the next tick."""
         self._pending_act = act
 
-    def start_episode(self, now_ns: int = 0) -> None:
-        """Called once the robot/scene reset has completed."""
+    def start_episode(self, now_ns: int = 0, *, evaluate: bool = False) -> None:
+        """Called once the robot/scene reset has completed. ``evaluate``: the policy alone
+        acts, with its mean action (no exploration, the operator ignored); its steps say
+        ``evaluation`` so that nobody trains on them."""
+        self.evaluating = bool(evaluate)
         self._episode_start_ns = now_ns
         self.episode += 1
         self.index = 0
@@ -170,7 +175,7 @@ class ControlLoop:
         if is_last:
             self.running = False
             return TickResult(step=record, request_reset=True, skipped="episode ended",
-                              end_reason=reason)
+                              end_reason=reason, evaluation=self.evaluating)
 
         action, human = self._choose_action(rgb, low, now_ns)
         if action is None:
@@ -184,7 +189,8 @@ class ControlLoop:
         self._prev_intervention = human
         self.stats.commanded += 1
         self.stats.interventions += int(human)
-        return TickResult(command=action, step=record, is_intervention=human)
+        return TickResult(command=action, step=record, is_intervention=human,
+                          evaluation=self.evaluating)
 
     def _episode_outcome(self) -> tuple[bool, bool, float, str]:
         """(terminated, truncated, reward, reason) for the observation about to be recorded."""
@@ -215,15 +221,17 @@ class ControlLoop:
     def _choose_action(self, rgb, low, now_ns) -> tuple[np.ndarray | None, bool]:
         op = self._operator
         age = now_ns - op.stamp_ns
-        if op.stamp_ns >= 0 and age <= self.cfg.intervention_timeout_s * 1e9:
+        if not self.evaluating and op.stamp_ns >= 0 and \
+                age <= self.cfg.intervention_timeout_s * 1e9:
             active, action = op.value
             if active and action is not None:
                 a = np.asarray(action, np.float32).reshape(-1)
                 if a.shape == (self.action_dim,) and np.all(np.isfinite(a)):
                     return np.clip(a, -1.0, 1.0), True
-        if not self.cfg.policy_enabled or self._act is None:
+        if not (self.cfg.policy_enabled or self.evaluating) or self._act is None:
             return None, False
-        a = np.asarray(self._act(rgb, low, self.cfg.explore), np.float32).reshape(-1)
+        explore = self.cfg.explore and not self.evaluating
+        a = np.asarray(self._act(rgb, low, explore), np.float32).reshape(-1)
         if a.shape != (self.action_dim,) or not np.all(np.isfinite(a)):
             raise RuntimeError(f"policy returned an invalid action {a!r}")
         return np.clip(a, -1.0, 1.0), False

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import rclpy
@@ -26,10 +25,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32, String
 from std_srvs.srv import Trigger
 
-from drqv2_ros.acting.actor import Actor
+from drqv2_ros.acting.actor_setup import PolicyParams, make_actor
 from drqv2_ros.acting.contract import IncompatibleCheckpoint
-from drqv2_ros.acting.control_loop import LoopConfig
-from drqv2_ros.acting.input_checks import InputLimits
 from drqv2_ros.acting.loader import CheckpointLoader
 from drqv2_ros.acting.policy_runner import PolicyRunner, describe
 from drqv2_ros.acting.weights import WeightsError, WeightsPacket
@@ -49,7 +46,6 @@ from drqv2_ros.nodes.common import (
     declare_parameters,
     image_to_numpy,
     ns_to_stamp,
-    param,
     reliable_qos,
     run_node,
     stamp_to_ns,
@@ -58,36 +54,6 @@ from drqv2_ros.observation.step_record import to_msg
 from drqv2_ros.policy.file_limits import CheckpointError, LoadLimits
 from drqv2_ros.robot.kinematics import Kinematics
 from drqv2_ros.srv import LoadCheckpoint
-
-
-@dataclass
-class PolicyParams:
-    checkpoint: str = param("", "converted checkpoint folder or RoboBase .pt (required)")
-    checkpoint_root: str = param("", "if set, /load_checkpoint only accepts paths under it")
-    control_rate_hz: float = param(10.0, "control rate, Hz")
-    max_obs_age_s: float = param(0.25, "image and joint state must be younger than this, s")
-    intervention_timeout_s: float = param(0.5, "operator messages older than this are ignored, s")
-    max_episode_steps: int = param(100, "episode length before truncation (0 = unlimited)")
-    policy_enabled: bool = param(True, "false = demo mode: only the operator moves the arm")
-    explore: bool = param(True, "sample with the scheduled std (false: mean action)")
-    demo: bool = param(False, "flag recorded steps as demonstrations")
-    reward_success_threshold: float = param(1.0, "a `reward` message >= this ends the episode")
-    success_reward: float = param(1.0, "reward of the step a success event lands on")
-    privileged_low_dim: str = param(
-        "", "'' refuses checkpoints that need cube_pos; 'sim_state' fills it from sim/state")
-    reset_timeout_s: float = param(10.0, "how long to wait for the driver's reset_episode, s")
-    weights_timeout_s: float = param(30.0, "warn when no learner weights arrived for this long, s")
-    seed: int = param(0, "exploration noise seed")
-    follow_learner: bool = param(True, "apply learner weight pushes (false: keep the loaded "
-                                       "checkpoint, e.g. for evaluation)")
-    load_timeout_s: float = param(60.0, "a checkpoint load (in its own process) is stopped "
-                                        "after this long, s")
-    max_checkpoint_mb: float = param(1024.0, "checkpoint files above this size are refused, MB")
-    joint_limit_margin_rad: float = param(0.2, "joint states beyond the joint limits by more "
-                                               "than this are dropped, rad")
-    max_joint_velocity: float = param(50.0, "joint states with a faster joint are dropped, rad/s")
-    max_future_stamp_s: float = param(0.05, "messages stamped later than now + this are "
-                                            "dropped, s")
 
 
 class PolicyNode(Node):
@@ -102,20 +68,7 @@ class PolicyNode(Node):
             limits=LoadLimits(max_file_bytes=int(p.max_checkpoint_mb * (1 << 20))),
             timeout_s=p.load_timeout_s)
         runner = self.loader.load(p.checkpoint)
-        runner._gen.manual_seed(p.seed)
-        self.actor = Actor(
-            runner,
-            LoopConfig(max_obs_age_s=p.max_obs_age_s,
-                       intervention_timeout_s=p.intervention_timeout_s,
-                       max_episode_steps=p.max_episode_steps, success_reward=p.success_reward,
-                       reward_success_threshold=p.reward_success_threshold,
-                       policy_enabled=p.policy_enabled, explore=p.explore, demo=p.demo),
-            kinematics=kin, control_rate_hz=p.control_rate_hz,
-            input_limits=InputLimits(kin.lower, kin.upper,
-                                     joint_margin_rad=p.joint_limit_margin_rad,
-                                     max_joint_velocity=p.max_joint_velocity,
-                                     max_future_s=p.max_future_stamp_s),
-            privileged_low_dim=p.privileged_low_dim)
+        self.actor = make_actor(p, runner, kin)
         if self.actor.needs_cube:
             self.get_logger().warning(
                 "checkpoint needs cube_pos: filling it from PRIVILEGED sim/state "

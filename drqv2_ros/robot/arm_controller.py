@@ -132,13 +132,16 @@ class ArmController:
         return was
 
     # -- episode reset ---------------------------------------------------------------------
-    def reset_episode(self, timeout_s: float, poll_s: float = 0.02) -> tuple[bool, str]:
-        """A backend that resets its scene does so at once; otherwise the arm is driven home
-        by :meth:`tick` (through the safety filter) and this waits until it is there. Call it
-        from a thread other than the one running ``tick``."""
+    def reset_episode(self, timeout_s: float, poll_s: float = 0.02, *,
+                      placement_seed: int | None = None) -> tuple[bool, str]:
+        """A backend that resets its scene does so at once (``placement_seed``: a fixed
+        scene, for evaluation); otherwise the arm is driven home by :meth:`tick` (through the
+        safety filter) and this waits until it is there. Call it from a thread other than
+        the one running ``tick``."""
         self.tracker.reset()
         if self.backend.resets_scene:
-            message = self.backend.reset_episode()
+            message = (self.backend.reset_episode() if placement_seed is None else
+                       self.backend.reset_episode(placement_seed=placement_seed))
             self.safety.forget_target()
             self._success_sent = False
             return True, message

@@ -87,9 +87,10 @@ class SimBackend:
                 w.update_task()
         return n
 
-    def reset_episode(self, seed: int | None = None) -> str:
+    def reset_episode(self, seed: int | None = None, *, placement_seed: int | None = None
+                      ) -> str:
         with self.lock:
-            self._w().reset(seed)
+            self._w().reset(seed, placement_seed=placement_seed)
         self._t0 = None
         return f"episode {self._w().episode} started"
 

@@ -27,6 +27,13 @@ from drqv2_ros.robot.kinematics import EE_SITE, asset_dir
 
 WRIST_CAMERA = "wrist_cam"
 FRONT_CAMERA = "front"
+#: ``render``: "pick101" draws every visual mesh (faithful, the default); "wrist_only" leaves
+#: out, in the wrist camera only, the arm links behind it (base to wrist: ~320k of the ~400k
+#: visual triangles), which it does not see: the same 84x84 image at home, about half the
+#: render time on CPU. Every report names the render used.
+RENDERS = ("pick101", "wrist_only")
+_BEHIND_WRIST_CAMERA = ("base", "shoulder", "upper_arm", "lower_arm", "wrist")
+_HIDDEN_GROUP = 5
 _FIXED_JAW_BODY = "gripper"
 _MOVING_JAW_BODY = "moving_jaw_so101_v1"
 _PADS = ("fixed_jaw_pad", "moving_jaw_pad")
@@ -47,6 +54,7 @@ class SimConfig:
     actuator_kv: float = 2.731
     render_width: int = 640
     render_height: int = 480
+    render: str = "pick101"                # see RENDERS
     lift_height_m: float = 0.08
     success_hold_steps: int = 10
 
@@ -109,22 +117,38 @@ class SimWorld:
         self.timestep = float(m.opt.timestep)
         self._rng = np.random.default_rng(cfg.seed)
         self._renderer: mujoco.Renderer | None = None
+        if cfg.render not in RENDERS:
+            raise ValueError(f"render must be one of {RENDERS}, got {cfg.render!r}")
+        self._scene_options = {}
+        if cfg.render == "wrist_only":
+            for g in range(m.ngeom):
+                if m.geom_group[g] == 2 and m.body(m.geom_bodyid[g]).name in _BEHIND_WRIST_CAMERA:
+                    m.geom_group[g] = _HIDDEN_GROUP
+            opt = mujoco.MjvOption()
+            opt.geomgroup[_HIDDEN_GROUP] = 0
+            self._scene_options[WRIST_CAMERA] = opt
+        shown = mujoco.MjvOption()
+        shown.geomgroup[_HIDDEN_GROUP] = 1
+        self._shown = shown
         self._hold_count = 0
         self.episode = 0
         self.reset()
 
     # -- episode ---------------------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> None:
+    def reset(self, seed: int | None = None, *, placement_seed: int | None = None) -> None:
         """Arm to home (position and actuator targets), cube at a random xy from the
-        world's RNG (re-seeded when ``seed`` is given), physics state cleared."""
+        world's RNG (re-seeded when ``seed`` is given), physics state cleared.
+        ``placement_seed``: this episode's cube from its own RNG, the world's stream
+        untouched (fixed evaluation placements between training episodes)."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
+        rng = self._rng if placement_seed is None else np.random.default_rng(placement_seed)
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
         home = np.asarray(self.cfg.home_position, dtype=np.float64)
         d.qpos[self._qadr] = home
         d.ctrl[self._act] = np.clip(home, self._ctrl_lo, self._ctrl_hi)
-        xy = self._rng.uniform(self.cfg.cube_xy_min, self.cfg.cube_xy_max)
+        xy = rng.uniform(self.cfg.cube_xy_min, self.cfg.cube_xy_max)
         a = self._block_qadr
         d.qpos[a:a + 3] = (xy[0], xy[1], self.cfg.cube_half_size_m)
         d.qpos[a + 3:a + 7] = (1.0, 0.0, 0.0, 0.0)
@@ -205,7 +229,8 @@ class SimWorld:
                                              self.cfg.render_width)
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-        self._renderer.update_scene(self.data, camera=camera)
+        self._renderer.update_scene(self.data, camera=camera,
+                                    scene_option=self._scene_options.get(camera, self._shown))
         return self._renderer.render()
 
     def close(self) -> None:

@@ -1,0 +1,395 @@
+"""`drqv2-ros sim-train`: the fine-tuning loop in one process, as fast as compute allows.
+
+The same core as the ROS graph, without DDS and without waiting for wall time: the driver's
+``ArmController`` (safety filter, EE tracking) around the MuJoCo SO-101 world stepped one
+control period per step (5 driver ticks of 10 physics steps at 10 Hz / 50 Hz), the camera
+crop/resize, the policy node's ``Actor`` (input checks, frame stacking, episodes, operator
+vs policy), the scripted operator through the same Joy encoding and ``JoyMapper`` as a
+gamepad, and the learner's ``TrainingLoop`` (online/offline replay with 50/50 mixing,
+interventions routed offline, the DrQ-v2 update at the update-to-data ratio).
+
+Every ``--eval-every`` training episodes (and before the first and after the last), the
+policy is evaluated ALONE: ``--eval-episodes`` episodes on fixed seeded cube placements,
+mean action, no operator, never stored for training. The report separates this
+policy-only success from the operator-assisted success of the training episodes.
+
+    drqv2-ros sim-train --checkpoint ckpt/ --episodes 40 --out runs/sim_train/x
+    drqv2-ros sim-train --episodes 200 --render wrist_only      # from scratch, faster render
+
+Outputs ``<out>/sim_train.json`` (per-episode and per-evaluation records, speeds, render),
+the learner's output (``<out>/learner``: checkpoints, replay, TensorBoard).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from drqv2_ros.acting.actor_setup import PolicyParams, make_actor
+from drqv2_ros.acting.control_loop import Event, TickResult
+from drqv2_ros.acting.policy_runner import PolicyRunner
+from drqv2_ros.atomic_write import atomic_write_json
+from drqv2_ros.robot.backend import JOINT_NAMES
+from drqv2_ros.robot.driver_setup import DriverParams, make_arm_controller, make_crop
+from drqv2_ros.robot.kinematics import Kinematics
+from drqv2_ros.robot.sim_world import RENDERS, WRIST_CAMERA, SimConfig
+from drqv2_ros.teleop.joy_mapping import JoyEncoder, JoyMapper, JoyMapping, find_mapping_file
+from drqv2_ros.teleop.scripted_operator import OperatorConfig, ScriptedOperator, SimStateData
+
+ACTOR_ID = "sim_train"
+EVAL_SEED_BASE = 10_000  # evaluation placements: seeds EVAL_SEED_BASE + k, never trained on
+
+
+@dataclass
+class SimTrainConfig:
+    checkpoint: str = ""              # converted folder or RoboBase .pt; "" = from scratch
+    out: str = "runs/sim_train"
+    episodes: int = 20                # training episodes
+    episode_steps: int = 100          # pick-101's episode length at 10 Hz
+    control_rate_hz: float = 10.0
+    render: str = "pick101"
+    render_width: int = 640
+    render_height: int = 480
+    train: bool = True                # False: env stepping only (speed measurements)
+    batch_size: int = 256
+    utd_ratio: float = 1.0
+    warmup: int = 500
+    weights_every_updates: int = 50   # the actor takes the learner's weights this often
+    freeze_encoder: bool = False
+    device: str = "auto"
+    intervene_probability: float = 0.5
+    intervene_start_s: float = 1.0
+    intervene_duration_s: float = 3.0
+    eval_every: int = 10              # training episodes between evaluations (0: start/end)
+    eval_episodes: int = 5
+    seed: int = 0
+
+
+@dataclass
+class EpisodeRecord:
+    episode: int
+    evaluation: bool
+    steps: int
+    success: bool
+    intervention_steps: int
+    end_reason: str
+    placement_seed: int | None = None
+    cube_xy: tuple[float, float] = (0.0, 0.0)  # where the episode put the cube, m
+
+    @property
+    def policy_only_success(self) -> bool:
+        return self.success and self.intervention_steps == 0
+
+
+@dataclass
+class Evaluation:
+    after_episodes: int
+    env_steps: int
+    updates: int
+    success_rate: float
+    episodes: list[EpisodeRecord] = field(default_factory=list)
+
+
+class SimTrainer:
+    """One synchronous env + actor + learner. ``run_episode`` is one episode; ``evaluate``
+    runs the fixed evaluation set."""
+
+    def __init__(self, cfg: SimTrainConfig):
+        from drqv2_ros.robot.sim_backend import SimBackend
+
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        d = self.driver_params = DriverParams(seed=cfg.seed, render_width=cfg.render_width,
+                                              render_height=cfg.render_height)
+        self.kin = Kinematics()
+        self.backend = SimBackend(SimConfig(
+            seed=d.seed, home_position=tuple(d.home_position), render=cfg.render,
+            cube_xy_min=tuple(d.cube_xy_min), cube_xy_max=tuple(d.cube_xy_max),
+            render_width=d.render_width, render_height=d.render_height))
+        self.backend.connect()
+        self.arm = make_arm_controller(d, self.backend, self.kin)
+        self.crop = make_crop(d)
+        self.substeps = max(1, round(d.rate_hz / cfg.control_rate_hz))
+        self.dt_ns = round(1e9 / (cfg.control_rate_hz * self.substeps))
+        self.t_ns = 1_000_000_000
+
+        self.policy = self._start_policy()
+        self.loop = None
+        if cfg.train:
+            from drqv2_ros.learning.training_loop import TrainingConfig, TrainingLoop
+
+            self.loop = TrainingLoop(TrainingConfig(
+                output_dir=str(self.out / "learner"), resume=False,
+                batch_size=cfg.batch_size, utd_ratio=cfg.utd_ratio,
+                warmup_transitions=cfg.warmup, freeze_encoder=cfg.freeze_encoder,
+                device=cfg.device, seed=cfg.seed, checkpoint_period_updates=10**9,
+                replay_on_device="off"), self.policy)
+        pp = PolicyParams(checkpoint="in-process", control_rate_hz=cfg.control_rate_hz,
+                          max_episode_steps=cfg.episode_steps, seed=cfg.seed,
+                          privileged_low_dim="sim_state")
+        self.actor = make_actor(pp, self._runner(), self.kin)
+        self.operator = ScriptedOperator(OperatorConfig(
+            intervene_probability=cfg.intervene_probability, intervene_every_n_episodes=0,
+            intervene_start_s=cfg.intervene_start_s,
+            intervene_duration_s=cfg.intervene_duration_s, seed=cfg.seed,
+            step_m=d.ee_step_m))
+        mapping = JoyMapping.load(find_mapping_file("xbox"))
+        self.encoder, self.mapper = JoyEncoder(mapping), JoyMapper(mapping)
+        self.env_steps = self.train_episodes = self.updates_at_weights = 0
+        self.t_env = self.t_update = 0.0
+
+    # -- policies -----------------------------------------------------------------------
+    def _start_policy(self):
+        from drqv2_ros.policy.configuration_drqv2 import DrQV2Config
+        from drqv2_ros.policy.modeling_drqv2 import DrQV2Policy
+
+        if not self.cfg.checkpoint:
+            import torch
+
+            torch.manual_seed(self.cfg.seed)
+            return DrQV2Policy(DrQV2Config())  # RoboBase's online recipe, from scratch
+        from drqv2_ros.convert.robobase import load_checkpoint_any
+
+        return load_checkpoint_any(self.cfg.checkpoint)
+
+    def _runner(self) -> PolicyRunner:
+        from drqv2_ros.acting.weights import actor_state_bytes
+
+        counters = self.policy.training_counters.to_dict()
+        if self.loop is not None:
+            return PolicyRunner.from_actor_bytes(
+                self.policy.config, self.loop.learner.actor_state_bytes(), source="learner")
+        return PolicyRunner.from_actor_bytes(self.policy.config,
+                                             actor_state_bytes(self.policy, counters),
+                                             source=self.cfg.checkpoint or "scratch")
+
+    def _push_weights(self) -> None:
+        runner = self.actor.runner_from_weights(self.loop.weights_packet())
+        self.actor.install(runner)
+        self.updates_at_weights = self.loop.counters.updates
+
+    # -- one control period ---------------------------------------------------------------
+    def _control_step(self, evaluate: bool) -> TickResult:
+        now = self.t_ns
+        t_s = now / 1e9
+        a = self.actor
+        a.on_image(self.crop(self.backend.render(WRIST_CAMERA)), now, now)
+        q, v = self.backend.read_joints()
+        a.on_joints(JOINT_NAMES, q, v, now, now)
+        s = self.backend.task_state()
+        if a.needs_cube:
+            a.on_cube(s.cube_position)
+        if not evaluate:  # the operator's gamepad, through the teleop node's mapping
+            op = self.operator.tick(SimStateData(s.cube_position, s.gripper_position,
+                                                 s.gripper_opening, s.cube_grasped,
+                                                 s.success), t_s)
+            axes, buttons = self.encoder.encode(op.intervene, op.action)
+            active, action, _ = self.mapper.update(axes, buttons, t_s)
+            a.on_operator(active, action if active else [], now)
+        res = a.tick(now, t_s)
+        if res.command is not None:
+            c = res.command
+            self.arm.ee_command(c[:3], float(c[3]) if c.shape[0] > 3 else 0.0, now, now)
+        for _ in range(self.substeps):  # the driver's ticks until the next control tick
+            self.t_ns += self.dt_ns
+            out = self.arm.tick(self.t_ns, self.t_ns / 1e9)
+            if out.new_success:
+                a.on_event(int(Event.SUCCESS), self.t_ns)
+        return res
+
+    def run_episode(self, *, evaluate: bool = False, placement_seed: int | None = None
+                    ) -> EpisodeRecord:
+        ok, msg = self.arm.reset_episode(5.0, placement_seed=placement_seed)
+        if not ok:
+            raise RuntimeError(f"episode reset failed: {msg}")
+        cube = self.backend.task_state().cube_position
+        self.t_ns += self.dt_ns
+        self.arm.tick(self.t_ns, self.t_ns / 1e9)
+        if not evaluate:
+            self.operator.new_episode(self.t_ns / 1e9)
+        self.mapper.reset()
+        self.actor.loop.start_episode(self.t_ns, evaluate=evaluate)
+        steps = interventions = 0
+        success, reason = False, ""
+        for _ in range(self.cfg.episode_steps + 2):
+            t0 = time.perf_counter()
+            res = self._control_step(evaluate)
+            self.t_env += time.perf_counter() - t0
+            if res.step is not None:
+                steps += 1
+                interventions += int(res.step.is_intervention)
+                if not evaluate:
+                    self.env_steps += 1
+                    if self.loop is not None:
+                        self.loop.submit(res.step, ACTOR_ID)
+                        self._learn()
+            if res.request_reset:
+                success = res.step.terminated and res.step.reward > 0
+                reason = res.end_reason
+                break
+        else:
+            raise RuntimeError("the episode did not end within episode_steps")
+        if not evaluate:
+            self.operator.end_episode()
+            self.train_episodes += 1
+        return EpisodeRecord(self.actor.loop.episode, evaluate, steps - 1, bool(success),
+                             interventions, reason, placement_seed,
+                             (round(float(cube[0]), 6), round(float(cube[1]), 6)))
+
+    def _learn(self) -> None:
+        loop = self.loop
+        loop.drain()
+        t0 = time.perf_counter()
+        for _ in range(loop.updates_owed()):
+            loop.update_once()
+        if loop.counters.updates - self.updates_at_weights >= self.cfg.weights_every_updates:
+            self._push_weights()
+        self.t_update += time.perf_counter() - t0
+
+    def evaluate(self) -> Evaluation:
+        if self.loop is not None and self.loop.counters.updates > self.updates_at_weights:
+            self._push_weights()  # evaluate the learner's newest weights
+        eps = [self.run_episode(evaluate=True, placement_seed=EVAL_SEED_BASE + k)
+               for k in range(self.cfg.eval_episodes)]
+        return Evaluation(self.train_episodes, self.env_steps, self.updates,
+                          float(np.mean([e.success for e in eps])) if eps else 0.0, eps)
+
+    @property
+    def updates(self) -> int:
+        return self.loop.counters.updates if self.loop is not None else 0
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.save()
+            self.loop.close()
+        self.backend.close()
+
+
+def run(cfg: SimTrainConfig, progress: bool = True) -> dict:
+    """Train for ``cfg.episodes`` episodes with evaluations; returns (and writes) the
+    report."""
+    from tqdm import tqdm
+
+    if cfg.render not in RENDERS:
+        raise ValueError(f"render must be one of {RENDERS}")
+    t_start = time.perf_counter()
+    trainer = SimTrainer(cfg)
+    evals: list[Evaluation] = []
+    train: list[EpisodeRecord] = []
+    try:
+        if cfg.eval_episodes:
+            evals.append(trainer.evaluate())
+        bar = tqdm(total=cfg.episodes, unit="ep", desc="sim-train", disable=not progress,
+                   dynamic_ncols=True)
+        with bar:
+            for i in range(cfg.episodes):
+                train.append(trainer.run_episode())
+                bar.update(1)
+                bar.set_postfix({
+                    "policy-only eval": f"{evals[-1].success_rate:.0%}" if evals else "-",
+                    "assisted": f"{np.mean([e.success for e in train]):.0%}",
+                    "policy alone (train)":
+                        f"{np.mean([e.policy_only_success for e in train]):.0%}",
+                    "upd": trainer.updates,
+                    "steps/s": f"{trainer.env_steps / max(trainer.t_env, 1e-9):.1f}"})
+                last = i + 1 == cfg.episodes
+                if cfg.eval_episodes and ((cfg.eval_every and (i + 1) % cfg.eval_every == 0
+                                           and not last) or last):
+                    evals.append(trainer.evaluate())
+    finally:
+        trainer.close()
+    wall = time.perf_counter() - t_start
+    report = {
+        "config": asdict(cfg),
+        "render": {"mode": cfg.render, "width": cfg.render_width, "height": cfg.render_height},
+        "env_steps": trainer.env_steps, "updates": trainer.updates,
+        "wall_s": wall,
+        "env_steps_per_s": trainer.env_steps / max(trainer.t_env, 1e-9),
+        "updates_per_s": trainer.updates / max(trainer.t_update, 1e-9),
+        "overall_steps_per_s": trainer.env_steps / wall,
+        "real_time_factor": trainer.env_steps / wall / cfg.control_rate_hz,
+        "train_episodes": [dict(asdict(e), policy_only_success=e.policy_only_success)
+                           for e in train],
+        "assisted_success_rate": float(np.mean([e.success for e in train])) if train else 0.0,
+        "policy_alone_train_success_rate":
+            float(np.mean([e.policy_only_success for e in train])) if train else 0.0,
+        "intervention_rate": (sum(e.intervention_steps for e in train)
+                              / max(1, sum(e.steps + 1 for e in train))),
+        "evaluations": [{"after_episodes": ev.after_episodes, "env_steps": ev.env_steps,
+                         "updates": ev.updates, "policy_only_success_rate": ev.success_rate,
+                         "episodes": [asdict(e) for e in ev.episodes]} for ev in evals],
+    }
+    atomic_write_json(Path(cfg.out) / "sim_train.json", report)
+    return report
+
+
+def summary(report: dict) -> str:
+    ev = report["evaluations"]
+    curve = ", ".join(f"{e['policy_only_success_rate']:.0%} @ {e['env_steps']} steps"
+                      for e in ev) or "no evaluation"
+    r = report["render"]
+    return (f"policy-only success (evaluation, mean action, no operator): {curve}\n"
+            f"training episodes: {len(report['train_episodes'])}, operator-assisted success "
+            f"{report['assisted_success_rate']:.0%}, of which by the policy alone "
+            f"{report['policy_alone_train_success_rate']:.0%}; intervention rate "
+            f"{report['intervention_rate']:.0%}\n"
+            f"speed: {report['env_steps_per_s']:.1f} env steps/s (act, step, render, store), "
+            f"{report['updates_per_s']:.1f} updates/s, {report['overall_steps_per_s']:.1f} "
+            f"steps/s overall = {report['real_time_factor']:.2f}x real time; render "
+            f"{r['mode']} {r['width']}x{r['height']}")
+
+
+def sim_train_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="drqv2-ros sim-train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = SimTrainConfig()
+    ap.add_argument("--checkpoint", default="", help="start policy (converted folder or "
+                    "RoboBase .pt); default: from scratch (RoboBase's online recipe)")
+    ap.add_argument("--out", default="", help="output folder (default runs/sim_train/<time>)")
+    ap.add_argument("--episodes", type=int, default=d.episodes)
+    ap.add_argument("--episode-steps", type=int, default=d.episode_steps)
+    ap.add_argument("--render", choices=RENDERS, default=d.render)
+    ap.add_argument("--render-size", type=int, nargs=2, default=(d.render_width,
+                    d.render_height), metavar=("W", "H"))
+    ap.add_argument("--no-train", action="store_true", help="env stepping only")
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--utd-ratio", type=float, default=d.utd_ratio)
+    ap.add_argument("--warmup", type=int, default=d.warmup)
+    ap.add_argument("--freeze-encoder", action="store_true")
+    ap.add_argument("--device", default=d.device)
+    ap.add_argument("--intervene-probability", type=float, default=d.intervene_probability)
+    ap.add_argument("--eval-every", type=int, default=d.eval_every)
+    ap.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    a = ap.parse_args(argv)
+    from drqv2_ros.bringup.graph import rendering_environment
+
+    os.environ.update(rendering_environment(os.environ))  # before mujoco renders
+    cfg = SimTrainConfig(
+        checkpoint=a.checkpoint,
+        out=a.out or f"runs/sim_train/{time.strftime('%Y%m%d-%H%M%S')}",
+        episodes=a.episodes, episode_steps=a.episode_steps, render=a.render,
+        render_width=a.render_size[0], render_height=a.render_size[1], train=not a.no_train,
+        batch_size=a.batch_size, utd_ratio=a.utd_ratio, warmup=a.warmup,
+        freeze_encoder=a.freeze_encoder, device=a.device,
+        intervene_probability=a.intervene_probability, eval_every=a.eval_every,
+        eval_episodes=a.eval_episodes, seed=a.seed)
+    try:
+        report = run(cfg)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"drqv2-ros sim-train: {exc}", file=sys.stderr)
+        return 1
+    print(summary(report))
+    print(f"report: {Path(cfg.out) / 'sim_train.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(sim_train_main(sys.argv[1:]))

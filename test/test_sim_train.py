@@ -1,0 +1,69 @@
+"""`drqv2-ros sim-train`: the in-process loop (actor, driver core, scripted operator through
+the Joy mapping, learner) and its policy-only evaluation: fixed seeded placements, the
+policy alone with its mean action, never stored for training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("mujoco")
+
+from drqv2_ros.demo.sim_train import SimTrainConfig, SimTrainer, run, sim_train_main
+
+SMALL = dict(episode_steps=8, warmup=10, batch_size=8, utd_ratio=0.5, render="wrist_only",
+             render_width=160, render_height=120, eval_episodes=2,
+             weights_every_updates=2)
+
+
+def test_evaluation_is_policy_alone_on_fixed_placements_and_never_stored(tmp_path):
+    # The operator takes over every training episode from its start: evaluation episodes
+    # must still have no intervention, their steps must not reach the learner, and the
+    # evaluation placements must not shift the training episodes' placements.
+    cfg = SimTrainConfig(out=str(tmp_path / "a"), intervene_probability=1.0,
+                         intervene_start_s=0.0, intervene_duration_s=0.0, **SMALL)
+    t = SimTrainer(cfg)
+    try:
+        ev1 = t.evaluate()
+        train = [t.run_episode() for _ in range(3)]
+        ev2 = t.evaluate()
+        train.append(t.run_episode())
+        assert all(e.intervention_steps > 0 for e in train)
+        assert all(e.intervention_steps == 0 and e.evaluation for e in ev1.episodes + ev2.episodes)
+        assert [e.cube_xy for e in ev1.episodes] == [e.cube_xy for e in ev2.episodes]
+        # every training step reached the learner, no evaluation step did
+        t.loop.drain()
+        assert t.loop.counters.received == t.env_steps == sum(e.steps + 1 for e in train)
+        assert len(t.loop.replay.offline) > 0  # interventions are routed offline
+        assert 0 < ev2.updates <= t.loop.counters.updates
+        assert t.actor.runner.weights_version >= 1  # the actor acts with learner weights
+    finally:
+        t.close()
+    # the training placements are those of a run without evaluations
+    t2 = SimTrainer(SimTrainConfig(out=str(tmp_path / "b"), train=False, **SMALL))
+    try:
+        assert [t2.run_episode().cube_xy for _ in range(4)] == [e.cube_xy for e in train]
+    finally:
+        t2.close()
+
+
+def test_run_writes_an_honest_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert sim_train_main(["--out", str(out), "--episodes", "2", "--episode-steps", "6",
+                           "--warmup", "8", "--batch-size", "8", "--eval-episodes", "1",
+                           "--eval-every", "1", "--render", "wrist_only",
+                           "--render-size", "160", "120"]) == 0
+    text = capsys.readouterr().out
+    assert "policy-only success (evaluation, mean action, no operator)" in text
+    assert "render wrist_only 160x120" in text
+    report = json.loads((out / "sim_train.json").read_text())
+    # before training, after episode 1, after the last
+    assert [e["after_episodes"] for e in report["evaluations"]] == [0, 1, 2]
+    for key in ("assisted_success_rate", "policy_alone_train_success_rate",
+                "env_steps_per_s", "updates_per_s", "real_time_factor", "intervention_rate"):
+        assert key in report
+    assert report["render"] == {"mode": "wrist_only", "width": 160, "height": 120}
+    assert (out / "learner" / "checkpoints" / "last" / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="render must be one of"):
+        run(SimTrainConfig(out=str(tmp_path / "bad"), render="cartoon"), progress=False)
