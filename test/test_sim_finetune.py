@@ -47,6 +47,13 @@ def test_sim_finetune_end_to_end(tmp_path):
     assert rep["commands_per_s"] >= 0.6 * rep["control_rate_hz"], rep["commands_per_s"]
     assert rep["steps_received"] > 200
     assert len(rep["episodes"]) >= 3
+    # successes are split honestly: by the policy alone (no operator step) vs assisted
+    alone = [e for e in rep["episodes"] if e["policy_alone"]]
+    assert all(e["success"] and e["intervention_rate"] == 0 for e in alone)
+    assert rep["successes"]["policy_alone"] == len(alone)
+    assert rep["successes"]["operator_assisted"] == sum(e["success"] for e in rep["episodes"]) \
+        - len(alone)
+    assert "by the policy alone" in (out / "report.txt").read_text()
     last = rep["metrics"][-1]
     assert last["update_step"] > 0 and last["transitions_received"] > 100
     assert last["weights_version"] >= 1 and rep["weights_applied"] >= 1

@@ -67,3 +67,21 @@ def test_run_writes_an_honest_report(tmp_path, capsys):
     assert (out / "learner" / "checkpoints" / "last" / "model.safetensors").exists()
     with pytest.raises(ValueError, match="render must be one of"):
         run(SimTrainConfig(out=str(tmp_path / "bad"), render="cartoon"), progress=False)
+
+
+def test_wrist_only_render_leaves_the_policy_image_unchanged_at_home():
+    # The opt-in render hides only what the wrist camera cannot see; the front camera
+    # still draws every link.
+    import numpy as np
+
+    from drqv2_ros.observation.preprocessing import CropResize
+    from drqv2_ros.robot.sim_world import FRONT_CAMERA, SimConfig, SimWorld
+
+    crop = CropResize(84, None)
+    full, fast = SimWorld(SimConfig()), SimWorld(SimConfig(render="wrist_only"))
+    try:
+        np.testing.assert_array_equal(crop(full.render()), crop(fast.render()))
+        np.testing.assert_array_equal(full.render(FRONT_CAMERA), fast.render(FRONT_CAMERA))
+    finally:
+        full.close()
+        fast.close()

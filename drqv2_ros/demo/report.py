@@ -19,6 +19,12 @@ class EpisodeSummary:
     intervention_rate: float
     ret: float
 
+    @property
+    def policy_alone(self) -> bool:
+        """Succeeded without a single operator step (still with exploration noise: the
+        policy-only evaluation of ``drqv2-ros sim-train`` uses the mean action)."""
+        return self.success and self.intervention_rate == 0.0
+
 
 @dataclass
 class RunRecord:
@@ -134,6 +140,7 @@ def _save(fig, path: Path) -> Path:
 def summary_text(rec: RunRecord, plots: list[Path], out_dir: Path) -> str:
     n = len(rec.episodes)
     succ = sum(e.success for e in rec.episodes)
+    alone = sum(e.policy_alone for e in rec.episodes)
     inter = np.mean([e.intervention_rate for e in rec.episodes]) if n else 0.0
     last = rec.metrics[-1] if rec.metrics else {}
     lat = rec.latency[-1] if rec.latency else {}
@@ -141,7 +148,8 @@ def summary_text(rec: RunRecord, plots: list[Path], out_dir: Path) -> str:
         f"sim fine-tuning run: {rec.duration_s:.0f} s",
         "nodes: " + ", ".join(f"{k} {'up' if v else 'NEVER SEEN'}"
                               for k, v in rec.nodes_up.items()),
-        f"episodes: {n} complete, {succ} successful, mean intervention rate {inter:.0%}",
+        f"episodes: {n} complete, {succ} successful: {alone} by the policy alone, "
+        f"{succ - alone} operator-assisted; mean intervention rate {inter:.0%}",
         f"control: {rec.steps_received} steps, {rec.commands_per_s:.1f} commands/s "
         f"(target {rec.control_rate_hz:g} Hz), latency p50 {lat.get('p50', float('nan')):.1f}"
         f" ms / p99 {lat.get('p99', float('nan')):.1f} ms",
@@ -170,6 +178,11 @@ def write_report(rec: RunRecord, out_dir: Path) -> tuple[str, list[Path]]:
     text = summary_text(rec, plots, out_dir)
     (out_dir / "report.txt").write_text(text + "\n")
     data = asdict(rec)
+    for ep, d in zip(rec.episodes, data["episodes"]):
+        d["policy_alone"] = ep.policy_alone
+    data["successes"] = {"policy_alone": sum(e.policy_alone for e in rec.episodes),
+                         "operator_assisted": sum(e.success and not e.policy_alone
+                                                  for e in rec.episodes)}
     data["plots"] = [str(p) for p in plots]
     (out_dir / "report.json").write_text(json.dumps(data, indent=2, default=float) + "\n")
     return text, plots

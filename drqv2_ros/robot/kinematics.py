@@ -29,6 +29,7 @@ importing that package (its ``__init__`` fails next to lerobot 0.4.x).
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ EE_SITE = "gripperframe"
 #: ``gripperframe`` site axis that points out of the jaws (x: forward at the all-zero home).
 APPROACH_AXIS = 0
 DOWN = np.array([0.0, 0.0, -1.0])
+_OTHER_AXES = [i for i in range(3) if i != APPROACH_AXIS]
 
 #: pick-101 workspace clamp for the end-effector target, metres, base frame.
 WORKSPACE_MIN = (0.1, -0.3, 0.01)
@@ -165,11 +167,12 @@ class Kinematics:
         ``_set`` (tilt down to ``goal_tilt``, wrist_roll to ``roll_goal``); the Jacobian
         needs ``mj_comPos`` + ``mj_jacSite`` done."""
         rot = self.data.site_xmat[self.site_id].reshape(3, 3)
-        axis = rot[:, APPROACH_AXIS]
-        # rotation vector turning the approach axis onto DOWN (|v| = tilt angle)
-        c = np.cross(axis, DOWN)
-        sin_t = float(np.linalg.norm(c))
-        tilt = float(np.arctan2(sin_t, axis @ DOWN))
+        ax, ay, az = (float(v) for v in rot[:, APPROACH_AXIS])
+        # rotation vector turning the approach axis onto DOWN (|v| = tilt angle):
+        # axis x (0, 0, -1), written out (this runs ~20 times per IK solve)
+        c = np.array([-ay, ax, 0.0])
+        sin_t = math.sqrt(ay * ay + ax * ax)
+        tilt = math.atan2(sin_t, -az)
         turn = max(tilt - goal_tilt, 0.0)
         if sin_t > 1e-9:
             rotvec = c * (turn / sin_t)
@@ -178,7 +181,7 @@ class Kinematics:
         else:
             rotvec = np.zeros(3)
         # rotations about the approach axis do not move it: keep the 2 other directions
-        perp = np.delete(rot, APPROACH_AXIS, axis=1).T          # (2, 3)
+        perp = rot[:, _OTHER_AXES].T                             # (2, 3)
         jac_r = self._jacr[:, self._dadr[:5]]
         err = [top_down.weight * (perp @ rotvec)]
         jac = [top_down.weight * (perp @ jac_r)]
