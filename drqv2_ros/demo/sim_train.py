@@ -162,12 +162,11 @@ class SimTrainer:
     def _runner(self) -> PolicyRunner:
         from drqv2_ros.acting.weights import actor_state_bytes
 
-        counters = self.policy.training_counters.to_dict()
-        if self.loop is not None:
-            return PolicyRunner.from_actor_bytes(
-                self.policy.config, self.loop.learner.actor_state_bytes(), source="learner")
-        return PolicyRunner.from_actor_bytes(self.policy.config,
-                                             actor_state_bytes(self.policy, counters),
+        if self.loop is not None:  # the learner's copy: where its updates land
+            blob = self.loop.learner.actor_state_bytes()
+        else:
+            blob = actor_state_bytes(self.policy, self.policy.training_counters.to_dict())
+        return PolicyRunner.from_actor_bytes(self.policy.config, blob,
                                              source=self.cfg.checkpoint or "scratch")
 
     def _push_weights(self) -> None:
