@@ -21,6 +21,8 @@ COMMANDS = {
     "launch": ("drqv2_ros.bringup.launcher", "launcher_main", "start the node graph"),
     "sim-finetune": ("drqv2_ros.demo.sim_finetune", "sim_finetune_main",
                      "run the HIL fine-tuning loop in simulation"),
+    "pretrain": ("drqv2_ros.demo.pretrain", "pretrain_main",
+                 "a start policy from demonstration bags (BC + TD)"),
     "sim-train": ("drqv2_ros.demo.sim_train", "sim_train_main",
                   "the fine-tuning loop in one process, faster than real time, with "
                   "policy-only evaluation"),

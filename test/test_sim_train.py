@@ -85,3 +85,37 @@ def test_wrist_only_render_leaves_the_policy_image_unchanged_at_home():
     finally:
         full.close()
         fast.close()
+
+
+def test_scripted_demos_to_a_pretrained_start_policy(tmp_path, capsys):
+    # sim-train --demos-only records the operator's episodes as a bag (is_demo, the
+    # operator's executed actions); pretrain trains on them and writes a checkpoint the
+    # actor takes as it is.
+    from drqv2_ros.acting.loader import load_isolated
+    from drqv2_ros.bags.reader import open_bag
+    from drqv2_ros.demo.pretrain import pretrain_main
+
+    demos = tmp_path / "demos"
+    assert sim_train_main(["--demos-only", "--out", str(demos), "--episodes", "2",
+                           "--episode-steps", "8", "--render", "wrist_only",
+                           "--render-size", "160", "120"]) == 0
+    report = json.loads((demos / "sim_train.json").read_text())
+    assert all(e["intervention_steps"] == e["steps"] for e in report["train_episodes"])
+    assert report["evaluations"] == [] and report["updates"] == 0
+    assert open_bag(demos / "demos").topics["/step"].count == 18  # 2 x (8 + 1)
+    out = tmp_path / "pre"
+    assert pretrain_main([str(out), "--demos", str(demos / "demos"), "--updates", "3",
+                          "--batch-size", "8"]) == 0
+    summary = json.loads((out / "pretrain.json").read_text())
+    assert summary["updates"] == 3 and summary["demos"]["demo_transitions"] == 16
+    assert summary["last_metrics"]["actor_bc_loss"] >= 0
+    assert summary["last_metrics"]["ratio_bc_samples"] == 1.0  # every sample is a demo
+    runner = load_isolated(out / "checkpoint")
+    assert runner.summary()["action_dim"] == 4 and runner.schedule_step > 0  # trained
+    capsys.readouterr()
+    # refused with the reason, nothing overwritten: an existing output, a bag without steps
+    assert pretrain_main([str(out), "--demos", str(demos / "demos"), "--updates", "1"]) == 1
+    assert "exists" in capsys.readouterr().err
+    assert pretrain_main([str(tmp_path / "p2"), "--demos", str(tmp_path / "nothing"),
+                          "--updates", "1"]) == 1
+    assert "drqv2-ros pretrain:" in capsys.readouterr().err

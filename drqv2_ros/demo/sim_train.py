@@ -26,7 +26,7 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,9 @@ class SimTrainConfig:
     eval_every: int = 10              # training episodes between evaluations (0: start/end)
     eval_episodes: int = 5
     seed: int = 0
+    policy_enabled: bool = True       # False: only the operator moves the arm (demos)
+    demo: bool = False                # flag the stored steps as demonstrations
+    record_bag: str = ""              # also write every training step to this rosbag2 bag
 
 
 @dataclass
@@ -133,7 +136,8 @@ class SimTrainer:
                 replay_on_device="off"), self.policy)
         pp = PolicyParams(checkpoint="in-process", control_rate_hz=cfg.control_rate_hz,
                           max_episode_steps=cfg.episode_steps, seed=cfg.seed,
-                          privileged_low_dim="sim_state")
+                          privileged_low_dim="sim_state", policy_enabled=cfg.policy_enabled,
+                          demo=cfg.demo)
         self.actor = make_actor(pp, self._runner(), self.kin)
         self.operator = ScriptedOperator(OperatorConfig(
             intervene_probability=cfg.intervene_probability, intervene_every_n_episodes=0,
@@ -144,6 +148,13 @@ class SimTrainer:
         self.encoder, self.mapper = JoyEncoder(mapping), JoyMapper(mapping)
         self.env_steps = self.train_episodes = self.updates_at_weights = 0
         self.t_env = self.t_update = 0.0
+        self.bag = None
+        if cfg.record_bag:  # the recorder node's format: topic /step, drqv2_ros/msg/Step
+            from drqv2_ros.bags.recorder import BagRecorder
+            from drqv2_ros.bags.typestore import STEP_TYPE
+
+            self.bag = BagRecorder(cfg.record_bag)
+            self.bag.add_topic("/step", STEP_TYPE)
 
     # -- policies -----------------------------------------------------------------------
     def _start_policy(self):
@@ -226,6 +237,8 @@ class SimTrainer:
                 interventions += int(res.step.is_intervention)
                 if not evaluate:
                     self.env_steps += 1
+                    if self.bag is not None:
+                        self._record(res.step)
                     if self.loop is not None:
                         self.loop.submit(res.step, ACTOR_ID)
                         self._learn()
@@ -241,6 +254,13 @@ class SimTrainer:
         return EpisodeRecord(self.actor.loop.episode, evaluate, steps - 1, bool(success),
                              interventions, reason, placement_seed,
                              (round(float(cube[0]), 6), round(float(cube[1]), 6)))
+
+    def _record(self, step) -> None:
+        from drqv2_ros.bags.typestore import STEP_TYPE, step_to_rosbags
+
+        ts = self.bag.typestore
+        self.bag.write("/step", step.stamp_ns, ts.serialize_cdr(step_to_rosbags(step, ts),
+                                                                STEP_TYPE))
 
     def _learn(self) -> None:
         loop = self.loop
@@ -265,6 +285,8 @@ class SimTrainer:
         return self.loop.counters.updates if self.loop is not None else 0
 
     def close(self) -> None:
+        if self.bag is not None:
+            self.bag.close()
         if self.loop is not None:
             self.loop.save()
             self.loop.close()
@@ -320,7 +342,7 @@ def run(cfg: SimTrainConfig, progress: bool = True) -> dict:
         "policy_alone_train_success_rate":
             float(np.mean([e.policy_only_success for e in train])) if train else 0.0,
         "intervention_rate": (sum(e.intervention_steps for e in train)
-                              / max(1, sum(e.steps + 1 for e in train))),
+                              / max(1, sum(e.steps for e in train))),
         "evaluations": [{"after_episodes": ev.after_episodes, "env_steps": ev.env_steps,
                          "updates": ev.updates, "policy_only_success_rate": ev.success_rate,
                          "episodes": [asdict(e) for e in ev.episodes]} for ev in evals],
@@ -367,6 +389,12 @@ def sim_train_main(argv: list[str]) -> int:
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
     ap.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
     ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--record-bag", default="", help="also write every training step to this "
+                    "rosbag2 bag (mcap), as the recorder node does")
+    ap.add_argument("--demos-only", action="store_true",
+                    help="demonstrations: the scripted operator drives every episode from "
+                    "start to end, steps flagged is_demo, no learner; written to "
+                    "--record-bag (default <out>/demos) for `drqv2-ros pretrain`")
     a = ap.parse_args(argv)
     from drqv2_ros.bringup.graph import rendering_environment
 
@@ -379,13 +407,20 @@ def sim_train_main(argv: list[str]) -> int:
         batch_size=a.batch_size, utd_ratio=a.utd_ratio, warmup=a.warmup,
         freeze_encoder=a.freeze_encoder, device=a.device,
         intervene_probability=a.intervene_probability, eval_every=a.eval_every,
-        eval_episodes=a.eval_episodes, seed=a.seed)
+        eval_episodes=a.eval_episodes, seed=a.seed, record_bag=a.record_bag)
+    if a.demos_only:
+        cfg = replace(cfg, policy_enabled=False, demo=True, train=False, eval_episodes=0,
+                      intervene_probability=1.0, intervene_start_s=0.0,
+                      intervene_duration_s=0.0,
+                      record_bag=a.record_bag or str(Path(cfg.out) / "demos"))
     try:
         report = run(cfg)
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"drqv2-ros sim-train: {exc}", file=sys.stderr)
         return 1
     print(summary(report))
+    if cfg.record_bag:
+        print(f"bag: {cfg.record_bag}")
     print(f"report: {Path(cfg.out) / 'sim_train.json'}")
     return 0
 
