@@ -119,3 +119,33 @@ def test_scripted_demos_to_a_pretrained_start_policy(tmp_path, capsys):
     assert pretrain_main([str(tmp_path / "p2"), "--demos", str(tmp_path / "nothing"),
                           "--updates", "1"]) == 1
     assert "drqv2-ros pretrain:" in capsys.readouterr().err
+
+
+def test_real_proxy_shift_changes_what_the_policy_sees_and_the_physics():
+    import numpy as np
+
+    from drqv2_ros.observation.preprocessing import CropResize
+    from drqv2_ros.robot.sim_shift import SHIFTS, SimShift, shift_named
+    from drqv2_ros.robot.sim_world import SimConfig, SimWorld
+
+    crop = CropResize(84, None)
+    nominal, explicit, shifted = (SimWorld(SimConfig()), SimWorld(SimConfig(shift="none")),
+                                  SimWorld(SimConfig(shift="real_proxy")))
+    try:
+        np.testing.assert_array_equal(crop(nominal.render()), crop(explicit.render()))
+        diff = np.abs(crop(nominal.render()).astype(int) - crop(shifted.render()).astype(int))
+        assert diff.mean() > 10  # light, colours, camera: a different image
+        s, a, b = SHIFTS["real_proxy"], nominal.model, shifted.model
+        np.testing.assert_allclose(b.actuator_gainprm[shifted._act, 0],
+                                   a.actuator_gainprm[nominal._act, 0] * s.actuator_kp_scale)
+        cube = a.geom("block").bodyid[0]
+        assert b.body_mass[cube] == a.body_mass[cube] * s.cube_mass_scale
+        assert b.geom("block").friction[0] == a.geom("block").friction[0] * 0.7
+        assert b.camera("wrist_cam").fovy[0] == a.camera("wrist_cam").fovy[0] - 7.0
+    finally:
+        for w in (nominal, explicit, shifted):
+            w.close()
+    with pytest.raises(ValueError, match="unknown shift"):
+        shift_named("mars")
+    with pytest.raises(ValueError, match="actuator_kp_scale"):
+        SimShift(actuator_kp_scale=0.0)

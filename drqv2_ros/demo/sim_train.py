@@ -38,6 +38,7 @@ from drqv2_ros.atomic_write import atomic_write_json
 from drqv2_ros.robot.backend import JOINT_NAMES
 from drqv2_ros.robot.driver_setup import DriverParams, make_arm_controller, make_crop
 from drqv2_ros.robot.kinematics import Kinematics
+from drqv2_ros.robot.sim_shift import SHIFTS
 from drqv2_ros.robot.sim_world import RENDERS, WRIST_CAMERA, SimConfig
 from drqv2_ros.teleop.joy_mapping import JoyEncoder, JoyMapper, JoyMapping, find_mapping_file
 from drqv2_ros.teleop.scripted_operator import OperatorConfig, ScriptedOperator, SimStateData
@@ -56,6 +57,7 @@ class SimTrainConfig:
     render: str = "pick101"
     render_width: int = 640
     render_height: int = 480
+    shift: str = "none"               # sim-to-real proxy preset (robot/sim_shift.py)
     train: bool = True                # False: env stepping only (speed measurements)
     batch_size: int = 256
     utd_ratio: float = 1.0
@@ -114,6 +116,7 @@ class SimTrainer:
         self.kin = Kinematics()
         self.backend = SimBackend(SimConfig(
             seed=d.seed, home_position=tuple(d.home_position), render=cfg.render,
+            shift=cfg.shift,
             cube_xy_min=tuple(d.cube_xy_min), cube_xy_max=tuple(d.cube_xy_max),
             render_width=d.render_width, render_height=d.render_height))
         self.backend.connect()
@@ -330,6 +333,7 @@ def run(cfg: SimTrainConfig, progress: bool = True) -> dict:
     report = {
         "config": asdict(cfg),
         "render": {"mode": cfg.render, "width": cfg.render_width, "height": cfg.render_height},
+        "shift": cfg.shift,
         "env_steps": trainer.env_steps, "updates": trainer.updates,
         "wall_s": wall,
         "env_steps_per_s": trainer.env_steps / max(trainer.t_env, 1e-9),
@@ -364,7 +368,7 @@ def summary(report: dict) -> str:
             f"speed: {report['env_steps_per_s']:.1f} env steps/s (act, step, render, store), "
             f"{report['updates_per_s']:.1f} updates/s, {report['overall_steps_per_s']:.1f} "
             f"steps/s overall = {report['real_time_factor']:.2f}x real time; render "
-            f"{r['mode']} {r['width']}x{r['height']}")
+            f"{r['mode']} {r['width']}x{r['height']}, shift {report['shift']}")
 
 
 def sim_train_main(argv: list[str]) -> int:
@@ -379,6 +383,8 @@ def sim_train_main(argv: list[str]) -> int:
     ap.add_argument("--render", choices=RENDERS, default=d.render)
     ap.add_argument("--render-size", type=int, nargs=2, default=(d.render_width,
                     d.render_height), metavar=("W", "H"))
+    ap.add_argument("--shift", choices=sorted(SHIFTS), default=d.shift,
+                    help="sim-to-real proxy: none (nominal scene) or real_proxy")
     ap.add_argument("--no-train", action="store_true", help="env stepping only")
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--utd-ratio", type=float, default=d.utd_ratio)
@@ -403,7 +409,8 @@ def sim_train_main(argv: list[str]) -> int:
         checkpoint=a.checkpoint,
         out=a.out or f"runs/sim_train/{time.strftime('%Y%m%d-%H%M%S')}",
         episodes=a.episodes, episode_steps=a.episode_steps, render=a.render,
-        render_width=a.render_size[0], render_height=a.render_size[1], train=not a.no_train,
+        render_width=a.render_size[0], render_height=a.render_size[1], shift=a.shift,
+        train=not a.no_train,
         batch_size=a.batch_size, utd_ratio=a.utd_ratio, warmup=a.warmup,
         freeze_encoder=a.freeze_encoder, device=a.device,
         intervene_probability=a.intervene_probability, eval_every=a.eval_every,

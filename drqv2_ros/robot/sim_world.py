@@ -24,6 +24,7 @@ import numpy as np
 
 from drqv2_ros.robot.backend import JOINT_NAMES, NUM_JOINTS
 from drqv2_ros.robot.kinematics import EE_SITE, asset_dir
+from drqv2_ros.robot.sim_shift import apply_shift, shift_named
 
 WRIST_CAMERA = "wrist_cam"
 FRONT_CAMERA = "front"
@@ -55,6 +56,7 @@ class SimConfig:
     render_width: int = 640
     render_height: int = 480
     render: str = "pick101"                # see RENDERS
+    shift: str = "none"                    # sim-to-real proxy preset (robot/sim_shift.py)
     lift_height_m: float = 0.08
     success_hold_steps: int = 10
 
@@ -102,6 +104,8 @@ class SimWorld:
             m.actuator_gainprm[self._act, 0] = cfg.actuator_kp
             m.actuator_biasprm[self._act, 1] = -cfg.actuator_kp
             m.actuator_biasprm[self._act, 2] = -cfg.actuator_kv
+        apply_shift(m, shift_named(cfg.shift), camera=WRIST_CAMERA, cube_geom="block",
+                    actuators=self._act)
         jids = [m.joint(n).id for n in JOINT_NAMES]
         self._qadr = np.array([m.jnt_qposadr[j] for j in jids])
         self._dadr = np.array([m.jnt_dofadr[j] for j in jids])
