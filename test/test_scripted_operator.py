@@ -4,6 +4,7 @@ kinematic pick "sim", and through the Joy encode -> teleop decode path."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from drqv2_ros.teleop.joy_mapping import (
     GRIPPER_CLOSED,
@@ -173,3 +174,39 @@ def test_closed_loop_pick_through_joy_encoding():
     assert phases == [APPROACH, DESCEND, CLOSE, LIFT, HOLD]
     assert sim.cube[2] > 0.08
     print(f"\ntoy pick solved in {k} ticks")
+
+
+def _run(o, positions, dt=0.1, **kw):
+    """(t, intervening) per tick for a gripper path (cube at CUBE)."""
+    return [(round(k * dt, 3), o.tick(state(p, **kw), k * dt).intervene)
+            for k, p in enumerate(positions)]
+
+
+def test_assist_takes_over_a_stalled_policy_for_a_bounded_time_within_the_budget():
+    o = op(takeover="assist", assist_window_s=1.0, assist_duration_s=0.5, assist_budget_s=0.8)
+    far = CUBE + [0.1, 0.0, 0.1]
+    out = _run(o, [far] * 40)  # the policy does not move
+    on = [t for t, i in out if i]
+    assert on[0] == 1.0  # a full window of evidence first
+    assert on[:5] == [1.0, 1.1, 1.2, 1.3, 1.4] and 1.5 not in on  # 0.5 s, then handed back
+    assert 2.5 in on and 2.8 not in on  # the next stall: only the 0.3 s left of the budget
+    assert len(on) == 8 and o.assists == 2 and o.assist_reasons == {"stalled": 2}
+    assert not o.tick(state(far), 4.0).intervene  # budget spent: the policy's alone
+    o.new_episode(5.0)  # a new episode, a new budget
+    assert [t for t, i in _run(o, [far] * 12) if i][:1] == [1.0]
+
+
+def test_assist_takes_over_a_policy_heading_away_and_leaves_a_progressing_one_alone():
+    o = op(takeover="assist", assist_window_s=1.0)
+    start = CUBE + [0.1, 0.0, 0.1]
+    toward = [start - [0.008 * k, 0.0, 0.008 * k] for k in range(12)]  # 1.1 cm per tick
+    assert not any(i for _, i in _run(o, toward))
+    o = op(takeover="assist", assist_window_s=1.0)
+    away = [start + [0.005 * k, 0.0, 0.0] for k in range(12)]
+    out = _run(o, away)
+    assert [t for t, i in out if i][0] == 1.0 and o.assist_reasons == {"heading away": 1}
+    # holding the cube is progress whatever the distance does
+    o = op(takeover="assist", assist_window_s=1.0)
+    assert not any(i for _, i in _run(o, [start] * 15, grasped=True))
+    with pytest.raises(ValueError, match="takeover must be one of"):
+        OperatorConfig(takeover="sometimes")

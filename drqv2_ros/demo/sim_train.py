@@ -41,7 +41,12 @@ from drqv2_ros.robot.kinematics import Kinematics
 from drqv2_ros.robot.sim_shift import SHIFTS
 from drqv2_ros.robot.sim_world import RENDERS, WRIST_CAMERA, SimConfig
 from drqv2_ros.teleop.joy_mapping import JoyEncoder, JoyMapper, JoyMapping, find_mapping_file
-from drqv2_ros.teleop.scripted_operator import OperatorConfig, ScriptedOperator, SimStateData
+from drqv2_ros.teleop.scripted_operator import (
+    TAKEOVERS,
+    OperatorConfig,
+    ScriptedOperator,
+    SimStateData,
+)
 
 ACTOR_ID = "sim_train"
 EVAL_SEED_BASE = 10_000  # evaluation placements: seeds EVAL_SEED_BASE + k, never trained on
@@ -68,6 +73,7 @@ class SimTrainConfig:
     intervene_probability: float = 0.5
     intervene_start_s: float = 1.0
     intervene_duration_s: float = 3.0
+    operator: str = "schedule"        # scripted operator takeover: schedule | assist
     eval_every: int = 10              # training episodes between evaluations (0: start/end)
     eval_episodes: int = 5
     seed: int = 0
@@ -146,7 +152,7 @@ class SimTrainer:
             intervene_probability=cfg.intervene_probability, intervene_every_n_episodes=0,
             intervene_start_s=cfg.intervene_start_s,
             intervene_duration_s=cfg.intervene_duration_s, seed=cfg.seed,
-            step_m=d.ee_step_m))
+            step_m=d.ee_step_m, takeover=cfg.operator))
         mapping = JoyMapping.load(find_mapping_file("xbox"))
         self.encoder, self.mapper = JoyEncoder(mapping), JoyMapper(mapping)
         self.env_steps = self.train_episodes = self.updates_at_weights = 0
@@ -391,7 +397,11 @@ def sim_train_main(argv: list[str]) -> int:
     ap.add_argument("--warmup", type=int, default=d.warmup)
     ap.add_argument("--freeze-encoder", action="store_true")
     ap.add_argument("--device", default=d.device)
-    ap.add_argument("--intervene-probability", type=float, default=d.intervene_probability)
+    ap.add_argument("--intervene-probability", type=float, default=d.intervene_probability,
+                    help="--operator schedule: chance of a takeover per episode")
+    ap.add_argument("--operator", choices=TAKEOVERS, default=d.operator,
+                    help="schedule: takeovers by episode (--intervene-probability); assist: "
+                    "when the policy stalls or heads away from the cube")
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
     ap.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
     ap.add_argument("--seed", type=int, default=d.seed)
@@ -413,7 +423,8 @@ def sim_train_main(argv: list[str]) -> int:
         train=not a.no_train,
         batch_size=a.batch_size, utd_ratio=a.utd_ratio, warmup=a.warmup,
         freeze_encoder=a.freeze_encoder, device=a.device,
-        intervene_probability=a.intervene_probability, eval_every=a.eval_every,
+        intervene_probability=a.intervene_probability, operator=a.operator,
+        eval_every=a.eval_every,
         eval_episodes=a.eval_episodes, seed=a.seed, record_bag=a.record_bag)
     if a.demos_only:
         cfg = replace(cfg, policy_enabled=False, demo=True, train=False, eval_episodes=0,

@@ -60,6 +60,15 @@ class ScriptedOperatorParams:
     close_ticks: int = param(15, "ticks of closing before lifting anyway")
     closed_opening: float = param(0.35, "gripper_opening below which the gripper is closed")
     seed: int = param(0, "random seed of intervene_probability")
+    takeover: str = param("schedule", "when to take over: 'schedule' (intervene_* above) or "
+                                      "'assist' (when the policy stalls or heads away)")
+    assist_window_s: float = param(1.5, "assist: evidence window (s)")
+    assist_progress_m: float = param(0.01, "assist: less approach to the cube than this over "
+                                           "the window is a stall (m)")
+    assist_away_m: float = param(0.03, "assist: more retreat than this over the window is "
+                                       "heading away (m)")
+    assist_duration_s: float = param(2.0, "assist: one takeover's length (s)")
+    assist_budget_s: float = param(4.0, "assist: takeover time per episode, at most (s)")
 
 
 def state_from_msg(msg: SimState) -> SimStateData:

@@ -17,6 +17,16 @@ Pick demonstration, a proportional controller on the gripper site position:
               entered when the descent is blocked for ``stall_ticks``
     LIFT      up to ``lift_z``, gripper closed; back to APPROACH if the cube is dropped
     HOLD      stay, gripper closed, until the episode ends
+
+When to take over (``takeover``):
+
+    schedule  per episode, by ``intervene_every_n_episodes`` / ``intervene_probability``,
+              from ``intervene_start_s`` for ``intervene_duration_s``
+    assist    like a person watching the policy: when over the last ``assist_window_s`` the
+              gripper got no closer to the cube than ``assist_progress_m`` (stalled) or went
+              ``assist_away_m`` further away (heading off), and the cube is not held, take
+              over for ``assist_duration_s``, within ``assist_budget_s`` per episode, then
+              hand control back (the next takeover needs a new window of evidence)
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import numpy as np
 from drqv2_ros.teleop.joy_mapping import GRIPPER_CLOSED, GRIPPER_OPEN
 
 APPROACH, DESCEND, CLOSE, LIFT, HOLD = "approach", "descend", "close", "lift", "hold"
+TAKEOVERS = ("schedule", "assist")
 
 
 @dataclass
@@ -67,6 +78,21 @@ class OperatorConfig:
     close_ticks: int = 15                # ticks of closing before lifting anyway
     closed_opening: float = 0.35         # gripper_opening below which it counts as closed
     seed: int = 0
+    takeover: str = "schedule"           # "schedule" | "assist" (see the module text)
+    assist_window_s: float = 1.5         # evidence window for a takeover
+    assist_progress_m: float = 0.01      # less approach than this over the window: stalled
+    assist_away_m: float = 0.03          # more retreat than this over the window: heading off
+    assist_duration_s: float = 2.0       # one takeover's length
+    assist_budget_s: float = 4.0         # takeover time per episode, at most
+
+    def __post_init__(self) -> None:
+        if self.takeover not in TAKEOVERS:
+            raise ValueError(f"takeover must be one of {TAKEOVERS}, got {self.takeover!r}")
+        for name in ("assist_window_s", "assist_duration_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if not self.assist_budget_s >= 0:
+            raise ValueError("assist_budget_s must be >= 0")
 
 
 @dataclass
@@ -96,6 +122,14 @@ class ScriptedOperator:
         self._stalled = 0
         self.success_pressed = False
         self.ended = True
+        self.assists = 0                  # assist takeovers, all episodes
+        self.assist_reasons: dict[str, int] = {}
+        self._reset_assist()
+
+    def _reset_assist(self) -> None:
+        self._history: list[tuple[float, float]] = []   # (t, gripper-cube distance)
+        self._assist_until: float | None = None
+        self._assist_used = 0.0
 
     # -- episode level ---------------------------------------------------------------------
 
@@ -115,6 +149,7 @@ class ScriptedOperator:
         self._stalled = 0
         self.success_pressed = False
         self.ended = False
+        self._reset_assist()
 
     def end_episode(self) -> None:
         """An episode event arrived (success, failure, timeout, re-record): let go."""
@@ -136,10 +171,44 @@ class ScriptedOperator:
         if s.success and self.cfg.press_success and not self.success_pressed and not self.ended:
             press.append("success")
             self.success_pressed = True
-        intervene = self.intervening_at(t)
+        intervene = (self._assist(s, t) if self.cfg.takeover == "assist"
+                     else self.intervening_at(t))
         action = (self.pick_action(s) if intervene
                   else np.array([0, 0, 0, GRIPPER_OPEN], np.float32))
         return OperatorOutput(intervene, action, press, self.phase)
+
+    def _assist(self, s: SimStateData, t: float) -> bool:
+        """The ``assist`` takeover decision at time ``t`` (see the module text)."""
+        c = self.cfg
+        if self.ended:
+            return False
+        if self._assist_until is not None:
+            if t < self._assist_until:
+                return True
+            self._assist_until = None     # hand back; gather new evidence
+            self._history.clear()
+        dist = float(np.linalg.norm(np.asarray(s.gripper_position, np.float64)
+                                    - np.asarray(s.cube_position, np.float64)))
+        self._history.append((t, dist))
+        while len(self._history) > 1 and self._history[1][0] <= t - c.assist_window_s:
+            self._history.pop(0)
+        left = c.assist_budget_s - self._assist_used
+        t0, d0 = self._history[0]
+        if s.cube_grasped or left <= 1e-9 or t - t0 < c.assist_window_s - 1e-9:
+            return False
+        if dist > d0 + c.assist_away_m:
+            reason = "heading away"
+        elif d0 - dist < c.assist_progress_m:
+            reason = "stalled"
+        else:
+            return False
+        take = min(c.assist_duration_s, left)
+        self._assist_used += take
+        self._assist_until = t + take
+        self.assists += 1
+        self.assist_reasons[reason] = self.assist_reasons.get(reason, 0) + 1
+        self.phase = APPROACH
+        return True
 
     def _toward(self, target: np.ndarray, pos: np.ndarray) -> np.ndarray:
         c = self.cfg
