@@ -212,9 +212,12 @@ def test_evaluation_episode_acts_alone_with_the_mean_action():
     assert not res.is_intervention and res.evaluation and res.step.is_first
     np.testing.assert_array_equal(res.command, np.full(4, 0.5, np.float32))
     assert calls[-1][2] is False  # explore off
+    assert res.step.episode == 0 and loop.evaluations == 1
     loop.start_episode(100 * MS)
     _feed(loop, 100 * MS)
     loop.on_operator(True, np.full(4, -1.0, np.float32), 100 * MS)
     res = loop.tick(110 * MS)
+    # the training stream's numbering skips no number for the evaluation
+    assert res.step.episode == 0 and loop.episode == 0
     assert res.is_intervention and not res.evaluation
     np.testing.assert_array_equal(res.command, np.full(4, -1.0, np.float32))

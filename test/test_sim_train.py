@@ -35,6 +35,7 @@ def test_evaluation_is_policy_alone_on_fixed_placements_and_never_stored(tmp_pat
         # every training step reached the learner, no evaluation step did
         t.loop.drain()
         assert t.loop.counters.received == t.env_steps == sum(e.steps + 1 for e in train)
+        assert t.loop.intake.totals.lost_episodes == 0  # evaluations leave no gap
         assert len(t.loop.replay.offline) > 0  # interventions are routed offline
         assert 0 < ev2.updates <= t.loop.counters.updates
         assert t.actor.runner.weights_version >= 1  # the actor acts with learner weights
@@ -149,3 +150,33 @@ def test_real_proxy_shift_changes_what_the_policy_sees_and_the_physics():
         shift_named("mars")
     with pytest.raises(ValueError, match="actuator_kp_scale"):
         SimShift(actuator_kp_scale=0.0)
+
+
+def test_several_envs_in_lock_step_feed_one_learner(tmp_path):
+    # Two envs, one thread each: every training step of both reaches the learner under its
+    # own actor id; the evaluation set gives exactly what one env gives.
+    one = SimTrainer(SimTrainConfig(out=str(tmp_path / "one"), train=False, **SMALL))
+    try:
+        ev_one = one.evaluate()
+    finally:
+        one.close()
+    cfg = SimTrainConfig(out=str(tmp_path / "two"), envs=2, intervene_probability=1.0,
+                         intervene_start_s=0.0, intervene_duration_s=0.0, **SMALL)
+    t = SimTrainer(cfg)
+    try:
+        ev_two = t.evaluate()
+        eps = t.run_episodes(4)
+        t.loop.drain()
+        assert len(eps) == 4 and t.train_episodes == 4
+        assert t.loop.counters.received == t.env_steps == sum(e.steps + 1 for e in eps)
+        counts = t.loop.intake.counts()
+        assert set(counts) == {"sim_train", "sim_train_1"}
+        assert all(c.received > 0 and not c.dropped for c in counts.values())
+    finally:
+        t.close()
+    key = [(e.cube_xy, e.success, e.steps, e.intervention_steps) for e in ev_one.episodes]
+    assert [(e.cube_xy, e.success, e.steps, e.intervention_steps)
+            for e in ev_two.episodes] == key
+    with pytest.raises(ValueError, match="use --envs 1"):
+        SimTrainer(SimTrainConfig(out=str(tmp_path / "bag"), envs=2,
+                                  record_bag=str(tmp_path / "b"), **SMALL))

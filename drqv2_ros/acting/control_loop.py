@@ -89,7 +89,8 @@ class ControlLoop:
         self._operator = _Latest()
         self._events: list[Event] = []
         self._reward: float | None = None
-        self.episode = -1
+        self.episode = -1        # training episodes: the learner's stream, gapless
+        self.evaluations = 0     # evaluation episodes, numbered apart
         self.index = 0
         self.running = False
         self._prev_action: np.ndarray | None = None
@@ -125,10 +126,14 @@ class ControlLoop:
     def start_episode(self, now_ns: int = 0, *, evaluate: bool = False) -> None:
         """Called once the robot/scene reset has completed. ``evaluate``: the policy alone
         acts, with its mean action (no exploration, the operator ignored); its steps say
-        ``evaluation`` so that nobody trains on them."""
+        ``evaluation`` so that nobody trains on them, and carry the evaluation's own number
+        (the training episodes' numbers stay gapless: the learner counts gaps as lost)."""
         self.evaluating = bool(evaluate)
         self._episode_start_ns = now_ns
-        self.episode += 1
+        if evaluate:
+            self.evaluations += 1
+        else:
+            self.episode += 1
         self.index = 0
         self.running = True
         self.stacker.reset()
@@ -164,7 +169,8 @@ class ControlLoop:
         terminated, truncated, reward, reason = self._episode_outcome()
         is_last = terminated or truncated
         record = StepRecord(
-            episode=self.episode, index=self.index, stamp_ns=self._image.stamp_ns,
+            episode=self.evaluations - 1 if self.evaluating else self.episode,
+            index=self.index, stamp_ns=self._image.stamp_ns,
             is_first=self.index == 0, is_last=is_last, terminated=terminated,
             images=frames, low_dim=low_dim,
             action=(self._prev_action if self._prev_action is not None

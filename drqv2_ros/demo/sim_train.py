@@ -77,6 +77,7 @@ class SimTrainConfig:
     eval_every: int = 10              # training episodes between evaluations (0: start/end)
     eval_episodes: int = 5
     seed: int = 0
+    envs: int = 1                     # envs stepped in lock-step, each on its own thread
     policy_enabled: bool = True       # False: only the operator moves the arm (demos)
     demo: bool = False                # flag the stored steps as demonstrations
     record_bag: str = ""              # also write every training step to this rosbag2 bag
@@ -107,23 +108,29 @@ class Evaluation:
     episodes: list[EpisodeRecord] = field(default_factory=list)
 
 
-class SimTrainer:
-    """One synchronous env + actor + learner. ``run_episode`` is one episode; ``evaluate``
-    runs the fixed evaluation set."""
+class SimEnv:
+    """One MuJoCo world with the driver core, the camera crop, an actor and the scripted
+    operator, on a clock of its own; stepped one control period at a time. Every call runs
+    on the env's own thread (its renderer's GL context belongs to that thread)."""
 
-    def __init__(self, cfg: SimTrainConfig):
+    def __init__(self, cfg: SimTrainConfig, index: int, runner: PolicyRunner):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.cfg, self.index = cfg, index
+        self.name = ACTOR_ID if index == 0 else f"{ACTOR_ID}_{index}"
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+        self.thread.submit(self._build, runner).result()
+
+    def _build(self, runner: PolicyRunner) -> None:
         from drqv2_ros.robot.sim_backend import SimBackend
 
-        self.cfg = cfg
-        self.out = Path(cfg.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        d = self.driver_params = DriverParams(seed=cfg.seed, render_width=cfg.render_width,
-                                              render_height=cfg.render_height)
+        cfg, i = self.cfg, self.index
+        d = DriverParams(seed=cfg.seed + 1000 * i, render_width=cfg.render_width,
+                         render_height=cfg.render_height)
         self.kin = Kinematics()
         self.backend = SimBackend(SimConfig(
             seed=d.seed, home_position=tuple(d.home_position), render=cfg.render,
-            shift=cfg.shift,
-            cube_xy_min=tuple(d.cube_xy_min), cube_xy_max=tuple(d.cube_xy_max),
+            shift=cfg.shift, cube_xy_min=tuple(d.cube_xy_min), cube_xy_max=tuple(d.cube_xy_max),
             render_width=d.render_width, render_height=d.render_height))
         self.backend.connect()
         self.arm = make_arm_controller(d, self.backend, self.kin)
@@ -131,7 +138,104 @@ class SimTrainer:
         self.substeps = max(1, round(d.rate_hz / cfg.control_rate_hz))
         self.dt_ns = round(1e9 / (cfg.control_rate_hz * self.substeps))
         self.t_ns = 1_000_000_000
+        pp = PolicyParams(checkpoint="in-process", control_rate_hz=cfg.control_rate_hz,
+                          max_episode_steps=cfg.episode_steps, seed=cfg.seed + i,
+                          privileged_low_dim="sim_state", policy_enabled=cfg.policy_enabled,
+                          demo=cfg.demo)
+        self.actor = make_actor(pp, runner, self.kin)
+        self.operator = ScriptedOperator(OperatorConfig(
+            intervene_probability=cfg.intervene_probability, intervene_every_n_episodes=0,
+            intervene_start_s=cfg.intervene_start_s,
+            intervene_duration_s=cfg.intervene_duration_s, seed=cfg.seed + i,
+            step_m=d.ee_step_m, takeover=cfg.operator))
+        mapping = JoyMapping.load(find_mapping_file("xbox"))
+        self.encoder, self.mapper = JoyEncoder(mapping), JoyMapper(mapping)
+        self.episode: dict | None = None  # the running episode's bookkeeping
 
+    # -- episodes -------------------------------------------------------------------------
+    def begin(self, evaluate: bool, placement_seed: int | None) -> None:
+        ok, msg = self.arm.reset_episode(5.0, placement_seed=placement_seed)
+        if not ok:
+            raise RuntimeError(f"episode reset failed: {msg}")
+        cube = self.backend.task_state().cube_position
+        self.t_ns += self.dt_ns
+        self.arm.tick(self.t_ns, self.t_ns / 1e9)
+        if not evaluate:
+            self.operator.new_episode(self.t_ns / 1e9)
+        self.mapper.reset()
+        self.actor.loop.start_episode(self.t_ns, evaluate=evaluate)
+        self.episode = {"evaluate": evaluate, "seed": placement_seed, "steps": 0,
+                        "interventions": 0, "ticks": 0,
+                        "cube": (round(float(cube[0]), 6), round(float(cube[1]), 6))}
+
+    def step(self) -> tuple[TickResult, EpisodeRecord | None]:
+        """One control period of the running episode; the record once it has ended."""
+        ep = self.episode
+        res = self._control_step(ep["evaluate"])
+        ep["ticks"] += 1
+        if res.step is not None:
+            ep["steps"] += 1
+            ep["interventions"] += int(res.step.is_intervention)
+        if not res.request_reset:
+            if ep["ticks"] > self.cfg.episode_steps + 2:
+                raise RuntimeError("the episode did not end within episode_steps")
+            return res, None
+        if not ep["evaluate"]:
+            self.operator.end_episode()
+        self.episode = None
+        success = bool(res.step.terminated and res.step.reward > 0)
+        return res, EpisodeRecord(res.step.episode, ep["evaluate"], ep["steps"] - 1,
+                                  success, ep["interventions"], res.end_reason, ep["seed"],
+                                  ep["cube"])
+
+    # -- one control period ---------------------------------------------------------------
+    def _control_step(self, evaluate: bool) -> TickResult:
+        now = self.t_ns
+        t_s = now / 1e9
+        a = self.actor
+        a.on_image(self.crop(self.backend.render(WRIST_CAMERA)), now, now)
+        q, v = self.backend.read_joints()
+        a.on_joints(JOINT_NAMES, q, v, now, now)
+        s = self.backend.task_state()
+        if a.needs_cube:
+            a.on_cube(s.cube_position)
+        if not evaluate:  # the operator's gamepad, through the teleop node's mapping
+            op = self.operator.tick(SimStateData(s.cube_position, s.gripper_position,
+                                                 s.gripper_opening, s.cube_grasped,
+                                                 s.success), t_s)
+            axes, buttons = self.encoder.encode(op.intervene, op.action)
+            active, action, _ = self.mapper.update(axes, buttons, t_s)
+            a.on_operator(active, action if active else [], now)
+        res = a.tick(now, t_s)
+        if res.command is not None:
+            c = res.command
+            self.arm.ee_command(c[:3], float(c[3]) if c.shape[0] > 3 else 0.0, now, now)
+        for _ in range(self.substeps):  # the driver's ticks until the next control tick
+            self.t_ns += self.dt_ns
+            out = self.arm.tick(self.t_ns, self.t_ns / 1e9)
+            if out.new_success:
+                a.on_event(int(Event.SUCCESS), self.t_ns)
+        return res
+
+    def close(self) -> None:
+        self.thread.submit(self.backend.close).result()
+        self.thread.shutdown()
+
+
+class SimTrainer:
+    """``cfg.envs`` synchronous envs stepped in lock-step (each on its own thread: MuJoCo
+    renders and steps without the GIL) + one learner. ``run_episodes`` runs training
+    episodes, ``run_episode`` one episode on the first env, ``evaluate`` the fixed
+    evaluation set."""
+
+    def __init__(self, cfg: SimTrainConfig):
+        if cfg.envs < 1:
+            raise ValueError(f"envs must be >= 1, got {cfg.envs}")
+        if cfg.envs > 1 and cfg.record_bag:
+            raise ValueError("--record-bag records one env's episodes: use --envs 1")
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
         self.policy = self._start_policy()
         self.loop = None
         if cfg.train:
@@ -143,18 +247,14 @@ class SimTrainer:
                 warmup_transitions=cfg.warmup, freeze_encoder=cfg.freeze_encoder,
                 device=cfg.device, seed=cfg.seed, checkpoint_period_updates=10**9,
                 replay_on_device="off"), self.policy)
-        pp = PolicyParams(checkpoint="in-process", control_rate_hz=cfg.control_rate_hz,
-                          max_episode_steps=cfg.episode_steps, seed=cfg.seed,
-                          privileged_low_dim="sim_state", policy_enabled=cfg.policy_enabled,
-                          demo=cfg.demo)
-        self.actor = make_actor(pp, self._runner(), self.kin)
-        self.operator = ScriptedOperator(OperatorConfig(
-            intervene_probability=cfg.intervene_probability, intervene_every_n_episodes=0,
-            intervene_start_s=cfg.intervene_start_s,
-            intervene_duration_s=cfg.intervene_duration_s, seed=cfg.seed,
-            step_m=d.ee_step_m, takeover=cfg.operator))
-        mapping = JoyMapping.load(find_mapping_file("xbox"))
-        self.encoder, self.mapper = JoyEncoder(mapping), JoyMapper(mapping)
+        self.envs: list[SimEnv] = []
+        try:
+            for i in range(cfg.envs):
+                self.envs.append(SimEnv(cfg, i, self._runner()))
+        except BaseException:
+            self.close()
+            raise
+        self.actor = self.envs[0].actor
         self.env_steps = self.train_episodes = self.updates_at_weights = 0
         self.t_env = self.t_update = 0.0
         self.bag = None
@@ -190,79 +290,64 @@ class SimTrainer:
                                              source=self.cfg.checkpoint or "scratch")
 
     def _push_weights(self) -> None:
-        runner = self.actor.runner_from_weights(self.loop.weights_packet())
-        self.actor.install(runner)
+        packet = self.loop.weights_packet()
+        for env in self.envs:
+            env.actor.install(env.actor.runner_from_weights(packet))
         self.updates_at_weights = self.loop.counters.updates
 
-    # -- one control period ---------------------------------------------------------------
-    def _control_step(self, evaluate: bool) -> TickResult:
-        now = self.t_ns
-        t_s = now / 1e9
-        a = self.actor
-        a.on_image(self.crop(self.backend.render(WRIST_CAMERA)), now, now)
-        q, v = self.backend.read_joints()
-        a.on_joints(JOINT_NAMES, q, v, now, now)
-        s = self.backend.task_state()
-        if a.needs_cube:
-            a.on_cube(s.cube_position)
-        if not evaluate:  # the operator's gamepad, through the teleop node's mapping
-            op = self.operator.tick(SimStateData(s.cube_position, s.gripper_position,
-                                                 s.gripper_opening, s.cube_grasped,
-                                                 s.success), t_s)
-            axes, buttons = self.encoder.encode(op.intervene, op.action)
-            active, action, _ = self.mapper.update(axes, buttons, t_s)
-            a.on_operator(active, action if active else [], now)
-        res = a.tick(now, t_s)
-        if res.command is not None:
-            c = res.command
-            self.arm.ee_command(c[:3], float(c[3]) if c.shape[0] > 3 else 0.0, now, now)
-        for _ in range(self.substeps):  # the driver's ticks until the next control tick
-            self.t_ns += self.dt_ns
-            out = self.arm.tick(self.t_ns, self.t_ns / 1e9)
-            if out.new_success:
-                a.on_event(int(Event.SUCCESS), self.t_ns)
-        return res
-
-    def run_episode(self, *, evaluate: bool = False, placement_seed: int | None = None
-                    ) -> EpisodeRecord:
-        ok, msg = self.arm.reset_episode(5.0, placement_seed=placement_seed)
-        if not ok:
-            raise RuntimeError(f"episode reset failed: {msg}")
-        cube = self.backend.task_state().cube_position
-        self.t_ns += self.dt_ns
-        self.arm.tick(self.t_ns, self.t_ns / 1e9)
-        if not evaluate:
-            self.operator.new_episode(self.t_ns / 1e9)
-        self.mapper.reset()
-        self.actor.loop.start_episode(self.t_ns, evaluate=evaluate)
-        steps = interventions = 0
-        success, reason = False, ""
-        for _ in range(self.cfg.episode_steps + 2):
+    # -- episodes, all envs in lock-step --------------------------------------------------
+    def _episodes(self, starts: list[tuple[bool, int | None]], on_end=None
+                  ) -> list[EpisodeRecord]:
+        """Run the episodes ``starts`` ((evaluate, placement_seed) each) over the envs."""
+        pending, done = list(starts), []
+        while pending or any(env.episode is not None for env in self.envs):
+            for env in self.envs:
+                if env.episode is None and pending:
+                    env.thread.submit(env.begin, *pending.pop(0)).result()
+            active = [env for env in self.envs if env.episode is not None]
             t0 = time.perf_counter()
-            res = self._control_step(evaluate)
+            results = [f.result() for f in [env.thread.submit(env.step) for env in active]]
             self.t_env += time.perf_counter() - t0
-            if res.step is not None:
-                steps += 1
-                interventions += int(res.step.is_intervention)
-                if not evaluate:
+            for env, (res, rec) in zip(active, results):
+                if res.step is not None and not res.evaluation:
                     self.env_steps += 1
                     if self.bag is not None:
                         self._record(res.step)
                     if self.loop is not None:
-                        self.loop.submit(res.step, ACTOR_ID)
-                        self._learn()
-            if res.request_reset:
-                success = res.step.terminated and res.step.reward > 0
-                reason = res.end_reason
-                break
-        else:
-            raise RuntimeError("the episode did not end within episode_steps")
-        if not evaluate:
-            self.operator.end_episode()
-            self.train_episodes += 1
-        return EpisodeRecord(self.actor.loop.episode, evaluate, steps - 1, bool(success),
-                             interventions, reason, placement_seed,
-                             (round(float(cube[0]), 6), round(float(cube[1]), 6)))
+                        self.loop.submit(res.step, env.name)
+                if rec is not None:
+                    done.append(rec)
+                    if not rec.evaluation:
+                        self.train_episodes += 1
+                    if on_end is not None:
+                        on_end(rec)
+            if self.loop is not None and any(not r[0].evaluation for r in results):
+                self._learn()
+        return done
+
+    def run_episodes(self, n: int, on_end=None) -> list[EpisodeRecord]:
+        """``n`` training episodes over the envs (in the order they end)."""
+        return self._episodes([(False, None)] * n, on_end)
+
+    def run_episode(self, *, evaluate: bool = False, placement_seed: int | None = None
+                    ) -> EpisodeRecord:
+        """One episode on the first env."""
+        env = self.envs[0]
+        env.thread.submit(env.begin, evaluate, placement_seed).result()
+        while True:
+            t0 = time.perf_counter()
+            res, rec = env.thread.submit(env.step).result()
+            self.t_env += time.perf_counter() - t0
+            if res.step is not None and not evaluate:
+                self.env_steps += 1
+                if self.bag is not None:
+                    self._record(res.step)
+                if self.loop is not None:
+                    self.loop.submit(res.step, env.name)
+                    self._learn()
+            if rec is not None:
+                self.train_episodes += int(not evaluate)
+                return rec
 
     def _record(self, step) -> None:
         from drqv2_ros.bags.typestore import STEP_TYPE, step_to_rosbags
@@ -284,8 +369,8 @@ class SimTrainer:
     def evaluate(self) -> Evaluation:
         if self.loop is not None and self.loop.counters.updates > self.updates_at_weights:
             self._push_weights()  # evaluate the learner's newest weights
-        eps = [self.run_episode(evaluate=True, placement_seed=EVAL_SEED_BASE + k)
-               for k in range(self.cfg.eval_episodes)]
+        eps = self._episodes([(True, EVAL_SEED_BASE + k) for k in range(self.cfg.eval_episodes)])
+        eps.sort(key=lambda e: e.placement_seed)
         return Evaluation(self.train_episodes, self.env_steps, self.updates,
                           float(np.mean([e.success for e in eps])) if eps else 0.0, eps)
 
@@ -294,12 +379,13 @@ class SimTrainer:
         return self.loop.counters.updates if self.loop is not None else 0
 
     def close(self) -> None:
-        if self.bag is not None:
+        if getattr(self, "bag", None) is not None:
             self.bag.close()
         if self.loop is not None:
             self.loop.save()
             self.loop.close()
-        self.backend.close()
+        for env in getattr(self, "envs", []):
+            env.close()
 
 
 def run(cfg: SimTrainConfig, progress: bool = True) -> dict:
@@ -318,20 +404,23 @@ def run(cfg: SimTrainConfig, progress: bool = True) -> dict:
             evals.append(trainer.evaluate())
         bar = tqdm(total=cfg.episodes, unit="ep", desc="sim-train", disable=not progress,
                    dynamic_ncols=True)
+        def ended(rec: EpisodeRecord) -> None:
+            train.append(rec)
+            bar.update(1)
+            bar.set_postfix({
+                "policy-only eval": f"{evals[-1].success_rate:.0%}" if evals else "-",
+                "assisted": f"{np.mean([e.success for e in train]):.0%}",
+                "policy alone (train)":
+                    f"{np.mean([e.policy_only_success for e in train]):.0%}",
+                "upd": trainer.updates,
+                "steps/s": f"{trainer.env_steps / max(trainer.t_env, 1e-9):.1f}"})
+
         with bar:
-            for i in range(cfg.episodes):
-                train.append(trainer.run_episode())
-                bar.update(1)
-                bar.set_postfix({
-                    "policy-only eval": f"{evals[-1].success_rate:.0%}" if evals else "-",
-                    "assisted": f"{np.mean([e.success for e in train]):.0%}",
-                    "policy alone (train)":
-                        f"{np.mean([e.policy_only_success for e in train]):.0%}",
-                    "upd": trainer.updates,
-                    "steps/s": f"{trainer.env_steps / max(trainer.t_env, 1e-9):.1f}"})
-                last = i + 1 == cfg.episodes
-                if cfg.eval_episodes and ((cfg.eval_every and (i + 1) % cfg.eval_every == 0
-                                           and not last) or last):
+            while len(train) < cfg.episodes:  # up to the next evaluation, over the envs
+                left = cfg.episodes - len(train)
+                n = min(left, cfg.eval_every) if cfg.eval_every else left
+                trainer.run_episodes(n, ended)
+                if cfg.eval_episodes and (cfg.eval_every or len(train) == cfg.episodes):
                     evals.append(trainer.evaluate())
     finally:
         trainer.close()
@@ -405,6 +494,8 @@ def sim_train_main(argv: list[str]) -> int:
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
     ap.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
     ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--envs", type=int, default=d.envs, help="envs stepped in lock-step "
+                    "(one thread each); their steps all go to the one learner")
     ap.add_argument("--record-bag", default="", help="also write every training step to this "
                     "rosbag2 bag (mcap), as the recorder node does")
     ap.add_argument("--demos-only", action="store_true",
@@ -425,7 +516,7 @@ def sim_train_main(argv: list[str]) -> int:
         freeze_encoder=a.freeze_encoder, device=a.device,
         intervene_probability=a.intervene_probability, operator=a.operator,
         eval_every=a.eval_every,
-        eval_episodes=a.eval_episodes, seed=a.seed, record_bag=a.record_bag)
+        eval_episodes=a.eval_episodes, seed=a.seed, record_bag=a.record_bag, envs=a.envs)
     if a.demos_only:
         cfg = replace(cfg, policy_enabled=False, demo=True, train=False, eval_episodes=0,
                       intervene_probability=1.0, intervene_start_s=0.0,

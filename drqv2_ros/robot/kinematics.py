@@ -248,8 +248,11 @@ class Kinematics:
             if top_down.wrist_roll is not None:
                 roll = q[WRIST_ROLL_INDEX]
                 roll_goal = roll + float(np.clip(top_down.wrist_roll - roll, -step, step))
+        damp: dict[int, np.ndarray] = {}
         for it in range(1, max_iterations + 1):  # noqa: B007 - reported
-            self._set(q)
+            # q was checked by solve() and only moves by finite, clipped steps here
+            self.data.qpos[self._qadr] = q
+            mujoco.mj_kinematics(self.model, self.data)
             err = target - self.data.site_xpos[self.site_id]
             cost = float(err @ err)
             if top_down is None:
@@ -267,7 +270,10 @@ class Kinematics:
                     best_q, best_cost = q.copy(), cost
                 err = np.concatenate([err, o_err])
                 jac = np.vstack([jac, o_jac])
-            dq = jac.T @ np.linalg.solve(jac @ jac.T + lam2 * np.eye(len(err)), err)
+            n = len(err)
+            if n not in damp:
+                damp[n] = lam2 * np.eye(n)
+            dq = jac.T @ np.linalg.solve(jac @ jac.T + damp[n], err)
             scale = np.max(np.abs(dq)) / max_step_rad
             if scale > 1.0:
                 dq /= scale
