@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("mujoco")
 
 
+@pytest.mark.slow
 def test_smoke_scale_pipeline(tmp_path):
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, str(root / "bench" / "bench_learning.py"),

@@ -12,6 +12,8 @@ pytest.importorskip("mujoco")
 
 from drqv2_ros.demo.sim_train import SimTrainConfig, SimTrainer, run, sim_train_main
 
+pytestmark = pytest.mark.slow  # the sim runs: ~10-40 s each
+
 SMALL = dict(episode_steps=8, warmup=10, batch_size=8, utd_ratio=0.5, render="wrist_only",
              render_width=160, render_height=120, eval_episodes=2,
              weights_every_updates=2)
