@@ -182,3 +182,20 @@ def test_several_envs_in_lock_step_feed_one_learner(tmp_path):
     with pytest.raises(ValueError, match="use --envs 1"):
         SimTrainer(SimTrainConfig(out=str(tmp_path / "bag"), envs=2,
                                   record_bag=str(tmp_path / "b"), **SMALL))
+
+
+def test_replay_is_sized_to_the_run(tmp_path):
+    # The buffers are preallocated on disk: a short run must not claim the learner node's
+    # 100k + 50k steps (3 GB at 84x84).
+    t = SimTrainer(SimTrainConfig(out=str(tmp_path), episodes=30, **SMALL))
+    try:
+        assert t.loop.replay.online.capacity == t.loop.replay.offline.capacity == 1000
+        big = sum(f.stat().st_size for f in (tmp_path / "learner").rglob("*") if f.is_file())
+        assert big < 100e6, big
+    finally:
+        t.close()
+    t = SimTrainer(SimTrainConfig(out=str(tmp_path / "b"), episodes=200, **SMALL))
+    try:
+        assert t.loop.replay.online.capacity == 200 * 9
+    finally:
+        t.close()

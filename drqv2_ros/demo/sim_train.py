@@ -78,6 +78,9 @@ class SimTrainConfig:
     eval_episodes: int = 5
     seed: int = 0
     envs: int = 1                     # envs stepped in lock-step, each on its own thread
+    buffer_capacity: int = 0          # replay capacity, steps, per buffer (0: what the run
+    #                                   produces, at least 1000; the buffers are preallocated
+    #                                   on disk, ~21 KB a step at 84x84)
     policy_enabled: bool = True       # False: only the operator moves the arm (demos)
     demo: bool = False                # flag the stored steps as demonstrations
     record_bag: str = ""              # also write every training step to this rosbag2 bag
@@ -241,8 +244,10 @@ class SimTrainer:
         if cfg.train:
             from drqv2_ros.learning.training_loop import TrainingConfig, TrainingLoop
 
+            capacity = cfg.buffer_capacity or max(1000, cfg.episodes * (cfg.episode_steps + 1))
             self.loop = TrainingLoop(TrainingConfig(
                 output_dir=str(self.out / "learner"), resume=False,
+                online_capacity=capacity, offline_capacity=capacity,
                 batch_size=cfg.batch_size, utd_ratio=cfg.utd_ratio,
                 warmup_transitions=cfg.warmup, freeze_encoder=cfg.freeze_encoder,
                 device=cfg.device, seed=cfg.seed, checkpoint_period_updates=10**9,
@@ -331,23 +336,8 @@ class SimTrainer:
 
     def run_episode(self, *, evaluate: bool = False, placement_seed: int | None = None
                     ) -> EpisodeRecord:
-        """One episode on the first env."""
-        env = self.envs[0]
-        env.thread.submit(env.begin, evaluate, placement_seed).result()
-        while True:
-            t0 = time.perf_counter()
-            res, rec = env.thread.submit(env.step).result()
-            self.t_env += time.perf_counter() - t0
-            if res.step is not None and not evaluate:
-                self.env_steps += 1
-                if self.bag is not None:
-                    self._record(res.step)
-                if self.loop is not None:
-                    self.loop.submit(res.step, env.name)
-                    self._learn()
-            if rec is not None:
-                self.train_episodes += int(not evaluate)
-                return rec
+        """One episode (on the first env)."""
+        return self._episodes([(evaluate, placement_seed)])[0]
 
     def _record(self, step) -> None:
         from drqv2_ros.bags.typestore import STEP_TYPE, step_to_rosbags
