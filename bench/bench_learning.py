@@ -33,7 +33,7 @@ from drqv2_ros.bringup.graph import rendering_environment
 os.environ.update(rendering_environment(os.environ))
 
 from drqv2_ros.demo.pretrain import PretrainConfig, pretrain
-from drqv2_ros.demo.sim_train import SimTrainConfig, SimTrainer, run
+from drqv2_ros.demo.sim_train import SimTrainConfig, SimTrainer, demos_config, run
 
 
 @dataclass(frozen=True)
@@ -77,10 +77,8 @@ def _sim(s: Scale, out: Path, **kw) -> SimTrainConfig:
 
 
 def start_policy(s: Scale, out: Path, seed: int) -> tuple[str, dict]:
-    demo_cfg = replace(_sim(s, out / "demos", seed=seed), episodes=s.demo_episodes,
-                       policy_enabled=False, demo=True, train=False, eval_episodes=0,
-                       intervene_probability=1.0, intervene_start_s=0.0,
-                       intervene_duration_s=0.0, record_bag=str(out / "demos" / "bag"))
+    demo_cfg = demos_config(replace(_sim(s, out / "demos", seed=seed),
+                                    episodes=s.demo_episodes), str(out / "demos" / "bag"))
     demos = run(demo_cfg, progress=False)
     pre = pretrain(PretrainConfig((demo_cfg.record_bag,), str(out / "pretrain"),
                                   updates=s.pretrain_updates, batch_size=s.pretrain_batch,

@@ -54,7 +54,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     if (out / "checkpoint").exists():
         raise FileExistsError(f"{out / 'checkpoint'} exists: choose a new output folder")
-    policy = _start_policy(cfg)
+    policy = start_policy(cfg.checkpoint, cfg.seed)
     c = policy.config
     target = TargetShapes((c.num_views, c.channels_per_frame, c.image_height, c.image_width),
                           c.low_dim_per_frame, c.action_dim,
@@ -93,17 +93,19 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     return report
 
 
-def _start_policy(cfg: PretrainConfig):
+def start_policy(checkpoint: str, seed: int):
+    """The policy training starts from: ``checkpoint`` (converted folder or RoboBase .pt),
+    or, without one, a fresh pick-101-layout policy (RoboBase's initialisation, seeded)."""
     from drqv2_ros.policy.configuration_drqv2 import DrQV2Config
     from drqv2_ros.policy.modeling_drqv2 import DrQV2Policy
 
-    if cfg.checkpoint:
+    if checkpoint:
         from drqv2_ros.convert.robobase import load_checkpoint_any
 
-        return load_checkpoint_any(cfg.checkpoint)
+        return load_checkpoint_any(checkpoint)
     import torch
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     return DrQV2Policy(DrQV2Config())
 
 

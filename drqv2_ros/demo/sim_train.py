@@ -35,11 +35,17 @@ from drqv2_ros.acting.actor_setup import PolicyParams, make_actor
 from drqv2_ros.acting.control_loop import Event, TickResult
 from drqv2_ros.acting.policy_runner import PolicyRunner
 from drqv2_ros.atomic_write import atomic_write_json
+from drqv2_ros.demo.pretrain import start_policy
 from drqv2_ros.robot.backend import JOINT_NAMES
-from drqv2_ros.robot.driver_setup import DriverParams, make_arm_controller, make_crop
+from drqv2_ros.robot.driver_setup import (
+    DriverParams,
+    make_arm_controller,
+    make_crop,
+    sim_config,
+)
 from drqv2_ros.robot.kinematics import Kinematics
 from drqv2_ros.robot.sim_shift import SHIFTS
-from drqv2_ros.robot.sim_world import RENDERS, WRIST_CAMERA, SimConfig
+from drqv2_ros.robot.sim_world import RENDERS, WRIST_CAMERA
 from drqv2_ros.teleop.joy_mapping import JoyEncoder, JoyMapper, JoyMapping, find_mapping_file
 from drqv2_ros.teleop.scripted_operator import (
     TAKEOVERS,
@@ -84,6 +90,15 @@ class SimTrainConfig:
     policy_enabled: bool = True       # False: only the operator moves the arm (demos)
     demo: bool = False                # flag the stored steps as demonstrations
     record_bag: str = ""              # also write every training step to this rosbag2 bag
+
+
+def demos_config(cfg: SimTrainConfig, bag: str) -> SimTrainConfig:
+    """``cfg`` turned into demonstration recording: the scripted operator drives every
+    episode from start to end, steps flagged ``is_demo``, no learner, no evaluation, every
+    step written to ``bag``."""
+    return replace(cfg, policy_enabled=False, demo=True, train=False, eval_episodes=0,
+                   operator="schedule", intervene_probability=1.0, intervene_start_s=0.0,
+                   intervene_duration_s=0.0, record_bag=bag)
 
 
 @dataclass
@@ -131,10 +146,7 @@ class SimEnv:
         d = DriverParams(seed=cfg.seed + 1000 * i, render_width=cfg.render_width,
                          render_height=cfg.render_height)
         self.kin = Kinematics()
-        self.backend = SimBackend(SimConfig(
-            seed=d.seed, home_position=tuple(d.home_position), render=cfg.render,
-            shift=cfg.shift, cube_xy_min=tuple(d.cube_xy_min), cube_xy_max=tuple(d.cube_xy_max),
-            render_width=d.render_width, render_height=d.render_height))
+        self.backend = SimBackend(sim_config(d, render=cfg.render, shift=cfg.shift))
         self.backend.connect()
         self.arm = make_arm_controller(d, self.backend, self.kin)
         self.crop = make_crop(d)
@@ -239,7 +251,7 @@ class SimTrainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.policy = self._start_policy()
+        self.policy = start_policy(cfg.checkpoint, cfg.seed)
         self.loop = None
         if cfg.train:
             from drqv2_ros.learning.training_loop import TrainingConfig, TrainingLoop
@@ -271,19 +283,6 @@ class SimTrainer:
             self.bag.add_topic("/step", STEP_TYPE)
 
     # -- policies -----------------------------------------------------------------------
-    def _start_policy(self):
-        from drqv2_ros.policy.configuration_drqv2 import DrQV2Config
-        from drqv2_ros.policy.modeling_drqv2 import DrQV2Policy
-
-        if not self.cfg.checkpoint:
-            import torch
-
-            torch.manual_seed(self.cfg.seed)
-            return DrQV2Policy(DrQV2Config())  # RoboBase's online recipe, from scratch
-        from drqv2_ros.convert.robobase import load_checkpoint_any
-
-        return load_checkpoint_any(self.cfg.checkpoint)
-
     def _runner(self) -> PolicyRunner:
         from drqv2_ros.acting.weights import actor_state_bytes
 
@@ -508,10 +507,7 @@ def sim_train_main(argv: list[str]) -> int:
         eval_every=a.eval_every,
         eval_episodes=a.eval_episodes, seed=a.seed, record_bag=a.record_bag, envs=a.envs)
     if a.demos_only:
-        cfg = replace(cfg, policy_enabled=False, demo=True, train=False, eval_episodes=0,
-                      intervene_probability=1.0, intervene_start_s=0.0,
-                      intervene_duration_s=0.0,
-                      record_bag=a.record_bag or str(Path(cfg.out) / "demos"))
+        cfg = demos_config(cfg, a.record_bag or str(Path(cfg.out) / "demos"))
     try:
         report = run(cfg)
     except (ValueError, RuntimeError, OSError) as exc:

@@ -86,20 +86,27 @@ class DriverParams:
                                          "default.")
 
 
+def sim_config(p: DriverParams, **overrides):
+    """The MuJoCo world of ``p`` (``overrides``: further ``SimConfig`` fields, e.g. the
+    render or a shift)."""
+    from drqv2_ros.robot.sim_world import SimConfig
+
+    return SimConfig(
+        seed=p.seed, home_position=tuple(p.home_position),
+        cube_xy_min=tuple(p.cube_xy_min), cube_xy_max=tuple(p.cube_xy_max),
+        cube_half_size_m=p.cube_half_size_m, jaw_pads=p.jaw_pads,
+        actuator_kp=p.actuator_kp, actuator_kv=p.actuator_kv,
+        render_width=p.render_width, render_height=p.render_height,
+        lift_height_m=p.lift_height_m, success_hold_steps=p.success_hold_steps, **overrides)
+
+
 def make_backend(p: DriverParams) -> ArmBackend:
     if p.backend == "sim":
         from drqv2_ros.robot.sim_backend import SimBackend
-        from drqv2_ros.robot.sim_world import FRONT_CAMERA, WRIST_CAMERA, SimConfig
+        from drqv2_ros.robot.sim_world import FRONT_CAMERA, WRIST_CAMERA
 
         cams = (WRIST_CAMERA, FRONT_CAMERA) if p.front_camera else (WRIST_CAMERA,)
-        return SimBackend(SimConfig(
-            seed=p.seed, home_position=tuple(p.home_position),
-            cube_xy_min=tuple(p.cube_xy_min), cube_xy_max=tuple(p.cube_xy_max),
-            cube_half_size_m=p.cube_half_size_m, jaw_pads=p.jaw_pads,
-            actuator_kp=p.actuator_kp, actuator_kv=p.actuator_kv,
-            render_width=p.render_width, render_height=p.render_height,
-            lift_height_m=p.lift_height_m, success_hold_steps=p.success_hold_steps),
-            cameras=cams)
+        return SimBackend(sim_config(p), cameras=cams)
     if p.backend == "feetech":
         try:  # lazy: the sim needs neither lerobot nor a serial port
             from drqv2_ros.robot.feetech_backend import FeetechBackend, FeetechConfig
