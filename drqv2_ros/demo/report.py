@@ -46,6 +46,12 @@ class RunRecord:
     cleaned_shm: list[str] = field(default_factory=list)  # stale port segments removed
     skipped_ticks: dict = field(default_factory=dict)
 
+    def successes(self) -> dict[str, int]:
+        """Successful episodes: by the policy alone, and with the operator's help."""
+        alone = sum(e.policy_alone for e in self.episodes)
+        return {"policy_alone": alone,
+                "operator_assisted": sum(e.success for e in self.episodes) - alone}
+
 
 def _rolling(x: np.ndarray, n: int) -> np.ndarray:
     if len(x) == 0:
@@ -140,7 +146,7 @@ def _save(fig, path: Path) -> Path:
 def summary_text(rec: RunRecord, plots: list[Path], out_dir: Path) -> str:
     n = len(rec.episodes)
     succ = sum(e.success for e in rec.episodes)
-    alone = sum(e.policy_alone for e in rec.episodes)
+    split = rec.successes()
     inter = np.mean([e.intervention_rate for e in rec.episodes]) if n else 0.0
     last = rec.metrics[-1] if rec.metrics else {}
     lat = rec.latency[-1] if rec.latency else {}
@@ -148,8 +154,9 @@ def summary_text(rec: RunRecord, plots: list[Path], out_dir: Path) -> str:
         f"sim fine-tuning run: {rec.duration_s:.0f} s",
         "nodes: " + ", ".join(f"{k} {'up' if v else 'NEVER SEEN'}"
                               for k, v in rec.nodes_up.items()),
-        f"episodes: {n} complete, {succ} successful: {alone} by the policy alone, "
-        f"{succ - alone} operator-assisted; mean intervention rate {inter:.0%}",
+        f"episodes: {n} complete, {succ} successful: {split['policy_alone']} by the policy "
+        f"alone, {split['operator_assisted']} operator-assisted; mean intervention rate "
+        f"{inter:.0%}",
         f"control: {rec.steps_received} steps, {rec.commands_per_s:.1f} commands/s "
         f"(target {rec.control_rate_hz:g} Hz), latency p50 {lat.get('p50', float('nan')):.1f}"
         f" ms / p99 {lat.get('p99', float('nan')):.1f} ms",
@@ -180,9 +187,7 @@ def write_report(rec: RunRecord, out_dir: Path) -> tuple[str, list[Path]]:
     data = asdict(rec)
     for ep, d in zip(rec.episodes, data["episodes"]):
         d["policy_alone"] = ep.policy_alone
-    data["successes"] = {"policy_alone": sum(e.policy_alone for e in rec.episodes),
-                         "operator_assisted": sum(e.success and not e.policy_alone
-                                                  for e in rec.episodes)}
+    data["successes"] = rec.successes()
     data["plots"] = [str(p) for p in plots]
     (out_dir / "report.json").write_text(json.dumps(data, indent=2, default=float) + "\n")
     return text, plots

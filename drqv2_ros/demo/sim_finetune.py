@@ -221,8 +221,9 @@ class Monitor:
         last = self._status[-1][1] if self._status else {}
         m = self.rec.metrics[-1] if self.rec.metrics else {}
         eps = self.rec.episodes
-        return {"ep": len(eps), "succ alone": sum(e.policy_alone for e in eps),
-                "succ assisted": sum(e.success and not e.policy_alone for e in eps),
+        split = self.rec.successes()
+        return {"ep": len(eps), "succ alone": split["policy_alone"],
+                "succ assisted": split["operator_assisted"],
                 "steps": self.rec.steps_received,
                 "upd": int(m.get("update_step", 0)),
                 "upd/s": f"{m.get('updates_per_second', 0.0):.2f}",

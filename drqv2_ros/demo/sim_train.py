@@ -34,6 +34,7 @@ import numpy as np
 from drqv2_ros.acting.actor_setup import PolicyParams, make_actor
 from drqv2_ros.acting.control_loop import Event, TickResult
 from drqv2_ros.acting.policy_runner import PolicyRunner
+from drqv2_ros.acting.weights import actor_state_bytes
 from drqv2_ros.atomic_write import atomic_write_json
 from drqv2_ros.demo.pretrain import start_policy
 from drqv2_ros.robot.backend import JOINT_NAMES
@@ -137,7 +138,11 @@ class SimEnv:
         self.cfg, self.index = cfg, index
         self.name = ACTOR_ID if index == 0 else f"{ACTOR_ID}_{index}"
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
-        self.thread.submit(self._build, runner).result()
+        try:
+            self.thread.submit(self._build, runner).result()
+        except BaseException:
+            self.thread.shutdown()
+            raise
 
     def _build(self, runner: PolicyRunner) -> None:
         from drqv2_ros.robot.sim_backend import SimBackend
@@ -252,29 +257,34 @@ class SimTrainer:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.policy = start_policy(cfg.checkpoint, cfg.seed)
-        self.loop = None
-        if cfg.train:
-            from drqv2_ros.learning.training_loop import TrainingConfig, TrainingLoop
-
-            capacity = cfg.buffer_capacity or max(1000, cfg.episodes * (cfg.episode_steps + 1))
-            self.loop = TrainingLoop(TrainingConfig(
-                output_dir=str(self.out / "learner"), resume=False,
-                online_capacity=capacity, offline_capacity=capacity,
-                batch_size=cfg.batch_size, utd_ratio=cfg.utd_ratio,
-                warmup_transitions=cfg.warmup, freeze_encoder=cfg.freeze_encoder,
-                device=cfg.device, seed=cfg.seed, checkpoint_period_updates=10**9,
-                replay_on_device="off"), self.policy)
         self.envs: list[SimEnv] = []
+        self.loop = None
+        self.bag = None
+        # The envs first (a bad render or shift is refused before a learner exists), each
+        # acting with the start weights until the learner's first push.
+        blob = actor_state_bytes(self.policy, self.policy.training_counters.to_dict())
         try:
             for i in range(cfg.envs):
-                self.envs.append(SimEnv(cfg, i, self._runner()))
+                self.envs.append(SimEnv(cfg, i, PolicyRunner.from_actor_bytes(
+                    self.policy.config, blob, source=cfg.checkpoint or "scratch")))
+            if cfg.train:
+                from drqv2_ros.learning.training_loop import TrainingConfig, TrainingLoop
+
+                capacity = (cfg.buffer_capacity
+                            or max(1000, cfg.episodes * (cfg.episode_steps + 1)))
+                self.loop = TrainingLoop(TrainingConfig(
+                    output_dir=str(self.out / "learner"), resume=False,
+                    online_capacity=capacity, offline_capacity=capacity,
+                    batch_size=cfg.batch_size, utd_ratio=cfg.utd_ratio,
+                    warmup_transitions=cfg.warmup, freeze_encoder=cfg.freeze_encoder,
+                    device=cfg.device, seed=cfg.seed, checkpoint_period_updates=10**9,
+                    replay_on_device="off"), self.policy)
         except BaseException:
             self.close()
             raise
         self.actor = self.envs[0].actor
         self.env_steps = self.train_episodes = self.updates_at_weights = 0
         self.t_env = self.t_update = 0.0
-        self.bag = None
         if cfg.record_bag:  # the recorder node's format: topic /step, drqv2_ros/msg/Step
             from drqv2_ros.bags.recorder import BagRecorder
             from drqv2_ros.bags.typestore import STEP_TYPE
@@ -283,16 +293,6 @@ class SimTrainer:
             self.bag.add_topic("/step", STEP_TYPE)
 
     # -- policies -----------------------------------------------------------------------
-    def _runner(self) -> PolicyRunner:
-        from drqv2_ros.acting.weights import actor_state_bytes
-
-        if self.loop is not None:  # the learner's copy: where its updates land
-            blob = self.loop.learner.actor_state_bytes()
-        else:
-            blob = actor_state_bytes(self.policy, self.policy.training_counters.to_dict())
-        return PolicyRunner.from_actor_bytes(self.policy.config, blob,
-                                             source=self.cfg.checkpoint or "scratch")
-
     def _push_weights(self) -> None:
         packet = self.loop.weights_packet()
         for env in self.envs:
@@ -368,12 +368,12 @@ class SimTrainer:
         return self.loop.counters.updates if self.loop is not None else 0
 
     def close(self) -> None:
-        if getattr(self, "bag", None) is not None:
+        if self.bag is not None:
             self.bag.close()
         if self.loop is not None:
             self.loop.save()
             self.loop.close()
-        for env in getattr(self, "envs", []):
+        for env in self.envs:
             env.close()
 
 

@@ -248,7 +248,7 @@ class Kinematics:
             if top_down.wrist_roll is not None:
                 roll = q[WRIST_ROLL_INDEX]
                 roll_goal = roll + float(np.clip(top_down.wrist_roll - roll, -step, step))
-        damp: dict[int, np.ndarray] = {}
+        damp: np.ndarray | None = None  # lam2 * I: the row count is fixed within a solve
         for it in range(1, max_iterations + 1):  # noqa: B007 - reported
             # q was checked by solve() and only moves by finite, clipped steps here
             self.data.qpos[self._qadr] = q
@@ -270,10 +270,9 @@ class Kinematics:
                     best_q, best_cost = q.copy(), cost
                 err = np.concatenate([err, o_err])
                 jac = np.vstack([jac, o_jac])
-            n = len(err)
-            if n not in damp:
-                damp[n] = lam2 * np.eye(n)
-            dq = jac.T @ np.linalg.solve(jac @ jac.T + damp[n], err)
+            if damp is None:
+                damp = lam2 * np.eye(len(err))
+            dq = jac.T @ np.linalg.solve(jac @ jac.T + damp, err)
             scale = np.max(np.abs(dq)) / max_step_rad
             if scale > 1.0:
                 dq /= scale
