@@ -125,17 +125,28 @@ class Probe:
     def publisher(self, msg_type, topic: str, qos=10):
         return self.node.create_publisher(msg_type, topic, qos)
 
-    def call(self, srv_type, name: str, request, timeout: float = 30.0):
+    def call(self, srv_type, name: str, request, timeout: float = 30.0,
+             resend_every: float | None = None):
+        """Call a service and wait for its answer. ``resend_every`` (idempotent services
+        only) sends the request again when no answer came within that many seconds: with
+        Fast DDS, ``wait_for_service`` can report a server whose response writer has not yet
+        matched this client's reader, and the first answer is then lost on a loaded machine."""
         client = self.node.create_client(srv_type, name)
         if not client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"service {name} not available within {timeout}s")
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"service {name} did not answer within {timeout}s")
+        futures = [client.call_async(request)]
+        sent = time.monotonic()
+        deadline = sent + timeout
+        while not any(f.done() for f in futures):
+            now = time.monotonic()
+            if now > deadline:
+                raise TimeoutError(f"service {name} did not answer within {timeout}s "
+                                   f"({len(futures)} request(s) sent)")
+            if resend_every is not None and now - sent > resend_every:
+                futures.append(client.call_async(request))
+                sent = now
             time.sleep(0.01)
-        return future.result()
+        return next(f for f in futures if f.done()).result()
 
     def close(self):
         self._stop = True

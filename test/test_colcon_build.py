@@ -101,8 +101,14 @@ def test_a_node_started_from_its_launcher_answers(install, tmp_path):
     try:
         from rcl_interfaces.srv import ListParameters
 
-        resp = probe.call(ListParameters, "/teleop_from_colcon/list_parameters",
-                          ListParameters.Request(), timeout=60)
+        try:
+            resp = probe.call(ListParameters, "/teleop_from_colcon/list_parameters",
+                              ListParameters.Request(), timeout=60, resend_every=5.0)
+        except TimeoutError as e:
+            log.flush()
+            state = "running" if proc.poll() is None else f"exited {proc.returncode}"
+            text = (tmp_path / "teleop.log").read_text()[-4000:]
+            raise AssertionError(f"{e}; teleop {state}, its log:\n{text}") from e
         assert "use_sim_time" in resp.result.names and len(resp.result.names) > 3, resp
         assert proc.poll() is None, (tmp_path / "teleop.log").read_text()
     finally:
