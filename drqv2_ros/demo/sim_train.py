@@ -14,7 +14,7 @@ mean action, no operator, never stored for training. The report separates this
 policy-only success from the operator-assisted success of the training episodes.
 
     drqv2-ros sim-train --checkpoint ckpt/ --episodes 40 --out runs/sim_train/x
-    drqv2-ros sim-train --episodes 200 --render wrist_only      # from scratch, faster render
+    drqv2-ros sim-train --episodes 200 --render fast --render-size 160 120  # from scratch, fast
 
 Outputs ``<out>/sim_train.json`` (per-episode and per-evaluation records, speeds, render),
 the learner's output (``<out>/learner``: checkpoints, replay, TensorBoard).

@@ -128,6 +128,9 @@ class Kinematics:
         self.upper = rng[:, 1].copy()
         self._jacp = np.zeros((3, self.model.nv))
         self._jacr = np.zeros((3, self.model.nv))
+        self._arm_dadr = self._dadr[:5].copy()
+        self._arm_lower = self.lower[:5].copy()
+        self._arm_upper = self.upper[:5].copy()
 
     # -- forward ---------------------------------------------------------------------------
     def _set(self, q: np.ndarray) -> None:
@@ -161,36 +164,33 @@ class Kinematics:
         axis = self.data.site_xmat[self.site_id].reshape(3, 3)[:, APPROACH_AXIS]
         return float(np.arctan2(np.linalg.norm(np.cross(axis, DOWN)), axis @ DOWN))
 
-    def _orientation_rows(self, q: np.ndarray, top_down: TopDown, goal_tilt: float = 0.0,
-                          roll_goal: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Weighted (error, Jacobian) rows of the top-down task at the state set by
-        ``_set`` (tilt down to ``goal_tilt``, wrist_roll to ``roll_goal``); the Jacobian
-        needs ``mj_comPos`` + ``mj_jacSite`` done."""
+    def _orientation_rows(self, q: np.ndarray, top_down: TopDown, goal_tilt: float,
+                          roll_goal: float | None, err: np.ndarray, jac: np.ndarray) -> None:
+        """Write the weighted rows of the top-down task at the state set by ``_set`` (tilt
+        down to ``goal_tilt``, wrist_roll to ``roll_goal``) into ``err[3:]`` / ``jac[3:]``
+        (rows 3-4: tilt; row 5: roll, when ``roll_goal`` is set); the Jacobian needs
+        ``mj_comPos`` + ``mj_jacSite`` done. Runs ~100 times per IK solve: written out."""
         rot = self.data.site_xmat[self.site_id].reshape(3, 3)
-        ax, ay, az = (float(v) for v in rot[:, APPROACH_AXIS])
+        ax, ay, az = rot[:, APPROACH_AXIS].tolist()
         # rotation vector turning the approach axis onto DOWN (|v| = tilt angle):
-        # axis x (0, 0, -1), written out (this runs ~20 times per IK solve)
-        c = np.array([-ay, ax, 0.0])
+        # axis x (0, 0, -1), written out
         sin_t = math.sqrt(ay * ay + ax * ax)
         tilt = math.atan2(sin_t, -az)
         turn = max(tilt - goal_tilt, 0.0)
         if sin_t > 1e-9:
-            rotvec = c * (turn / sin_t)
+            rotvec = np.array([-ay, ax, 0.0]) * (turn / sin_t)
         elif tilt > 1.0:  # pointing straight up: any perpendicular turn will do
             rotvec = rot[:, (APPROACH_AXIS + 1) % 3] * turn
         else:
             rotvec = np.zeros(3)
         # rotations about the approach axis do not move it: keep the 2 other directions
         perp = rot[:, _OTHER_AXES].T                             # (2, 3)
-        jac_r = self._jacr[:, self._dadr[:5]]
-        err = [top_down.weight * (perp @ rotvec)]
-        jac = [top_down.weight * (perp @ jac_r)]
+        w = top_down.weight
+        err[3:5] = w * (perp @ rotvec)
+        jac[3:5] = w * (perp @ self._jacr[:, self._arm_dadr])
         if roll_goal is not None and top_down.roll_weight > 0:
-            row = np.zeros((1, 5))
-            row[0, WRIST_ROLL_INDEX] = top_down.roll_weight
-            err.append([top_down.roll_weight * (roll_goal - q[WRIST_ROLL_INDEX])])
-            jac.append(row)
-        return np.concatenate(err), np.vstack(jac)
+            rw = top_down.roll_weight
+            err[5] = rw * (roll_goal - q[WRIST_ROLL_INDEX])  # jac[5]: constant, set once
 
     def solve(self, q_current: np.ndarray, target_xyz: np.ndarray, *, damping: float = 0.02,
               max_iterations: int = 100, tolerance_m: float = 1e-4,
@@ -213,21 +213,35 @@ class Kinematics:
         if not np.all(np.isfinite(target)):
             raise ValueError(f"target must be finite, got {target_xyz!r}")
         q = np.clip(q, self.lower, self.upper)
-        best_q, it = self._dls(q, target, damping, max_iterations, tolerance_m,
-                               max_step_rad, None)
+        plain: tuple[np.ndarray, int] | None = None  # position-only IK, solved when needed
         if top_down is not None and top_down.enabled:
-            limit = max(top_down.max_joint_step_rad, float(np.max(np.abs(best_q - q)[:5])))
+            # A turn whose arm step is within max_joint_step_rad is accepted without the
+            # position-only solve (the limit is never below that); beyond it the limit is
+            # what position-only IK moves, so solve that once and compare.
+            limit = top_down.max_joint_step_rad
             turn = max(top_down.max_turn_rad, 0.0)
+            it = 0
             for _ in range(4):  # turn, turn/2, turn/4, turn/8; else position-only
                 q_o, it_o = self._dls(q, target, damping, max_iterations, tolerance_m,
                                       max_step_rad, top_down, turn)
                 q_o, it_p = self._dls(q_o, target, damping, max_iterations, tolerance_m,
                                       max_step_rad, None)
                 it += it_o + it_p
-                if np.max(np.abs(q_o - q)[:5]) <= limit + 1e-9:
+                step = float(np.abs(q_o[:5] - q[:5]).max())
+                if step > limit + 1e-9 and plain is None:
+                    plain = self._dls(q, target, damping, max_iterations, tolerance_m,
+                                      max_step_rad, None)
+                    it += plain[1]
+                    limit = max(limit, float(np.abs(plain[0][:5] - q[:5]).max()))
+                if step <= limit + 1e-9:
                     best_q = q_o
                     break
                 turn *= 0.5
+            else:
+                best_q = plain[0]
+        else:
+            best_q, it = self._dls(q, target, damping, max_iterations, tolerance_m,
+                                   max_step_rad, None)
         self._set(best_q)
         best_err = float(np.linalg.norm(target - self.data.site_xpos[self.site_id]))
         return IKResult(best_q, best_err, it, self.approach_tilt(best_q))
@@ -248,37 +262,49 @@ class Kinematics:
             if top_down.wrist_roll is not None:
                 roll = q[WRIST_ROLL_INDEX]
                 roll_goal = roll + float(np.clip(top_down.wrist_roll - roll, -step, step))
-        damp: np.ndarray | None = None  # lam2 * I: the row count is fixed within a solve
+        # rows: 3 position (+ 2 tilt + 1 roll with top_down), filled in place
+        rows = 3 if top_down is None else (6 if roll_goal is not None
+                                           and top_down.roll_weight > 0 else 5)
+        err = np.empty(rows)
+        # the layouts the straightforward code had (column gather: F; stacked rows: C),
+        # so that matmul sums in the same order and results stay bit for bit the same
+        jac = np.zeros((rows, 5), order="F" if rows == 3 else "C")
+        if rows == 6:
+            jac[5, WRIST_ROLL_INDEX] = top_down.roll_weight
+        damp = lam2 * np.eye(rows)
+        qadr, site, dadr = self._qadr, self.site_id, self._arm_dadr
+        lo, hi = self._arm_lower, self._arm_upper
+        model, data = self.model, self.data
+        xpos = data.site_xpos[site]
+        tol2 = tolerance_m ** 2
         for it in range(1, max_iterations + 1):  # noqa: B007 - reported
             # q was checked by solve() and only moves by finite, clipped steps here
-            self.data.qpos[self._qadr] = q
-            mujoco.mj_kinematics(self.model, self.data)
-            err = target - self.data.site_xpos[self.site_id]
-            cost = float(err @ err)
+            data.qpos[qadr] = q
+            mujoco.mj_kinematics(model, data)
+            np.subtract(target, xpos, out=err[:3])
+            e = err[:3]
+            cost = float(e @ e)
             if top_down is None:
                 if cost < best_cost:
                     best_q, best_cost = q.copy(), cost
-                if cost < tolerance_m ** 2:
+                if cost < tol2:
                     break
-            mujoco.mj_comPos(self.model, self.data)  # the Jacobian needs cdof
-            mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.site_id)
-            jac = self._jacp[:, self._dadr[arm]]
+            mujoco.mj_comPos(model, data)  # the Jacobian needs cdof
+            mujoco.mj_jacSite(model, data, self._jacp, self._jacr, site)
+            jac[:3] = self._jacp[:, dadr]
             if top_down is not None:
-                o_err, o_jac = self._orientation_rows(q, top_down, goal_tilt, roll_goal)
-                cost += float(o_err @ o_err)
+                self._orientation_rows(q, top_down, goal_tilt, roll_goal, err, jac)
+                o = err[3:]
+                cost += float(o @ o)
                 if cost < best_cost:
                     best_q, best_cost = q.copy(), cost
-                err = np.concatenate([err, o_err])
-                jac = np.vstack([jac, o_jac])
-            if damp is None:
-                damp = lam2 * np.eye(len(err))
             dq = jac.T @ np.linalg.solve(jac @ jac.T + damp, err)
-            scale = np.max(np.abs(dq)) / max_step_rad
+            scale = float(np.abs(dq).max()) / max_step_rad
             if scale > 1.0:
                 dq /= scale
             q_next = q.copy()
-            q_next[arm] = np.clip(q[arm] + dq, self.lower[arm], self.upper[arm])
-            if top_down is not None and np.max(np.abs(q_next - q)) < 1e-5:
+            q_next[arm] = np.minimum(np.maximum(q[arm] + dq, lo), hi)
+            if top_down is not None and float(np.abs(q_next - q).max()) < 1e-5:
                 break  # converged (a weighted compromise has a non-zero residual)
             q = q_next
         return best_q, it

@@ -31,8 +31,17 @@ FRONT_CAMERA = "front"
 #: ``render``: "pick101" draws every visual mesh (faithful, the default); "wrist_only" leaves
 #: out, in the wrist camera only, the arm links behind it (base to wrist: ~320k of the ~400k
 #: visual triangles), which it does not see: the same 84x84 image at home, about half the
-#: render time on CPU. Every report names the render used.
-RENDERS = ("pick101", "wrist_only")
+#: render time on CPU. "fast" is "wrist_only" plus reduced visual meshes of the three parts
+#: the wrist camera sees (76k -> ~31k triangles, ``sim_meshes``) and a 5 cm instead of 1 cm
+#: lighting grid on the floor: a close, not identical, image (its deviation is tested) at
+#: about half the wrist_only render time. Physics is the same under every render. Every
+#: report names the render used.
+RENDERS = ("pick101", "wrist_only", "fast")
+#: "fast": the share of triangles the reduction aims at (quadric decimation stops earlier
+#: where the shape would break) and the floor's lighting-grid spacing (m; the scene's 1 cm
+#: grid is ~40k quads, the floor alone cost ~8 ms per wrist render on llvmpipe).
+FAST_KEEP_FRACTION = 0.1
+FAST_FLOOR_GRID_M = 0.05
 _BEHIND_WRIST_CAMERA = ("base", "shoulder", "upper_arm", "lower_arm", "wrist")
 _HIDDEN_GROUP = 5
 _FIXED_JAW_BODY = "gripper"
@@ -61,6 +70,33 @@ class SimConfig:
     success_hold_steps: int = 10
 
 
+def _reduce_wrist_view(spec: mujoco.MjSpec) -> None:
+    """The "fast" render's scene edits: the visual geoms of the jaw bodies (what the wrist
+    camera sees of the arm) draw reduced copies of their meshes (the collision geoms keep
+    the shipped assets); the floor's lighting grid is coarser (a rendering-only size)."""
+    from drqv2_ros.robot.sim_meshes import decimated_mesh
+
+    meshdir = asset_dir() / spec.meshdir
+    for g in spec.geoms:
+        if (g.type != mujoco.mjtGeom.mjGEOM_MESH or g.group != 2 or g.contype or g.conaffinity
+                or g.parent.name not in (_FIXED_JAW_BODY, _MOVING_JAW_BODY)):
+            continue
+        name = f"{g.meshname}_fast"
+        if spec.mesh(name) is None:
+            src = spec.mesh(g.meshname)
+            verts, faces = decimated_mesh(str(meshdir / src.file), FAST_KEEP_FRACTION)
+            mesh = spec.add_mesh(name=name)
+            mesh.uservert = verts.ravel().tolist()
+            mesh.userface = faces.ravel().tolist()
+            mesh.scale, mesh.refpos, mesh.refquat = src.scale, src.refpos, src.refquat
+            # an open reduced surface has no volume; visual geoms add no inertia here
+            # (the SO-101 bodies have explicit inertials)
+            mesh.inertia = mujoco.mjtMeshInertia.mjMESH_INERTIA_SHELL
+        g.meshname = name
+    floor = spec.geom("floor")
+    floor.size = [floor.size[0], floor.size[1], FAST_FLOOR_GRID_M]
+
+
 @dataclass(frozen=True)
 class TaskState:
     """Privileged state for ``sim/state`` (never for a real-robot policy)."""
@@ -86,6 +122,10 @@ class SimWorld:
         block.size = [cfg.cube_half_size_m] * 3
         block.mass = cfg.cube_mass_kg
         block.rgba = list(cfg.cube_rgba)
+        if cfg.render not in RENDERS:
+            raise ValueError(f"render must be one of {RENDERS}, got {cfg.render!r}")
+        if cfg.render == "fast":
+            _reduce_wrist_view(spec)
         self.model = m = spec.compile()
         self.data = mujoco.MjData(m)
 
@@ -121,10 +161,8 @@ class SimWorld:
         self.timestep = float(m.opt.timestep)
         self._rng = np.random.default_rng(cfg.seed)
         self._renderer: mujoco.Renderer | None = None
-        if cfg.render not in RENDERS:
-            raise ValueError(f"render must be one of {RENDERS}, got {cfg.render!r}")
         self._scene_options = {}
-        if cfg.render == "wrist_only":
+        if cfg.render in ("wrist_only", "fast"):
             for g in range(m.ngeom):
                 if m.geom_group[g] == 2 and m.body(m.geom_bodyid[g]).name in _BEHIND_WRIST_CAMERA:
                     m.geom_group[g] = _HIDDEN_GROUP
