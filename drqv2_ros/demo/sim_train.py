@@ -464,7 +464,11 @@ def sim_train_main(argv: list[str]) -> int:
     ap.add_argument("--out", default="", help="output folder (default runs/sim_train/<time>)")
     ap.add_argument("--episodes", type=int, default=d.episodes)
     ap.add_argument("--episode-steps", type=int, default=d.episode_steps)
-    ap.add_argument("--render", choices=RENDERS, default=d.render)
+    ap.add_argument("--render", choices=RENDERS, default=d.render,
+                    help="pick101: every mesh, faithful (default); wrist_only: the links "
+                         "the wrist camera cannot see left out (same image); fast: "
+                         "wrist_only + reduced jaw meshes and a coarser floor grid (a close "
+                         "image, ~3x faster render on CPU)")
     ap.add_argument("--render-size", type=int, nargs=2, default=(d.render_width,
                     d.render_height), metavar=("W", "H"))
     ap.add_argument("--shift", choices=sorted(SHIFTS), default=d.shift,
