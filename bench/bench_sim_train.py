@@ -37,12 +37,12 @@ def measure(render: str, size: tuple[int, int], train: bool, a, envs: int = 1
     t = SimTrainer(cfg)
     try:
         t.run_episodes(envs)  # warm-up: renderers, first updates
-        n0, e0, u0, tu0 = t.env_steps, t.t_env, t.updates, t.t_update
+        n0, s0, e0, u0, tu0 = t.env_steps, t.stepped, t.t_env, t.updates, t.t_update
         wall0 = time.perf_counter()
         t.run_episodes(a.episodes * envs)
         wall = time.perf_counter() - wall0
         steps = t.env_steps - n0
-        env_rate = steps / (t.t_env - e0)
+        env_rate = (t.stepped - s0) / (t.t_env - e0)
         overall = steps / wall
         upd = (t.updates - u0) / max(t.t_update - tu0, 1e-9)
         return env_rate, overall, upd

@@ -28,6 +28,10 @@ def test_evaluation_is_policy_alone_on_fixed_placements_and_never_stored(tmp_pat
     t = SimTrainer(cfg)
     try:
         ev1 = t.evaluate()
+        # the stepping rate counts the evaluation steps it timed (it read 0 steps/s, or a
+        # few for a short run after long evaluations, when only training steps counted)
+        assert t.env_steps == 0 and t.stepped == sum(e.steps + 1 for e in ev1.episodes)
+        assert t.env_steps_per_s > 0
         train = [t.run_episode() for _ in range(3)]
         ev2 = t.evaluate()
         train.append(t.run_episode())

@@ -284,6 +284,7 @@ class SimTrainer:
             raise
         self.actor = self.envs[0].actor
         self.env_steps = self.train_episodes = self.updates_at_weights = 0
+        self.stepped = 0  # every env step timed in t_env: training and evaluation
         self.t_env = self.t_update = 0.0
         if cfg.record_bag:  # the recorder node's format: topic /step, drqv2_ros/msg/Step
             from drqv2_ros.bags.recorder import BagRecorder
@@ -312,6 +313,7 @@ class SimTrainer:
             t0 = time.perf_counter()
             results = [f.result() for f in [env.thread.submit(env.step) for env in active]]
             self.t_env += time.perf_counter() - t0
+            self.stepped += sum(res.step is not None for res, _ in results)
             for env, (res, rec) in zip(active, results):
                 if res.step is not None and not res.evaluation:
                     self.env_steps += 1
@@ -364,6 +366,12 @@ class SimTrainer:
                           float(np.mean([e.success for e in eps])) if eps else 0.0, eps)
 
     @property
+    def env_steps_per_s(self) -> float:
+        """Env stepping rate (act, step, render, store): every step stepped, training and
+        evaluation, over the time spent stepping them."""
+        return self.stepped / max(self.t_env, 1e-9)
+
+    @property
     def updates(self) -> int:
         return self.loop.counters.updates if self.loop is not None else 0
 
@@ -402,7 +410,7 @@ def run(cfg: SimTrainConfig, progress: bool = True) -> dict:
                 "policy alone (train)":
                     f"{np.mean([e.policy_only_success for e in train]):.0%}",
                 "upd": trainer.updates,
-                "steps/s": f"{trainer.env_steps / max(trainer.t_env, 1e-9):.1f}"})
+                "steps/s": f"{trainer.env_steps_per_s:.1f}"})
 
         with bar:
             while len(train) < cfg.episodes:  # up to the next evaluation, over the envs
@@ -420,7 +428,7 @@ def run(cfg: SimTrainConfig, progress: bool = True) -> dict:
         "shift": cfg.shift,
         "env_steps": trainer.env_steps, "updates": trainer.updates,
         "wall_s": wall,
-        "env_steps_per_s": trainer.env_steps / max(trainer.t_env, 1e-9),
+        "env_steps_per_s": trainer.env_steps_per_s,
         "updates_per_s": trainer.updates / max(trainer.t_update, 1e-9),
         "overall_steps_per_s": trainer.env_steps / wall,
         "real_time_factor": trainer.env_steps / wall / cfg.control_rate_hz,
