@@ -152,3 +152,28 @@ def test_a_file_cut_short_gives_up_what_is_whole(bag, tmp_path):
     cut.write_bytes(data[: off + 9 + length // 2])
     eps, rep = _episodes(cut)
     assert 0 < len(eps) < 6 and any("cut short" in m for m in rep.lost), rep.lost
+
+
+@pytest.mark.parametrize("damage", ["overrun", "short_message"])
+def test_a_malformed_record_inside_a_chunk_skips_that_chunk(tmp_path, damage):
+    """Message records inside a chunk are framed from their fixed fields: one whose length
+    runs past the chunk, or is too short for those fields, costs its chunk (named), not the
+    bag, and nothing is read outside the chunk."""
+    src = write_mcap(tmp_path / "src.mcap", steps(), compression=CompressionType.NONE)
+    off, length = chunk_offsets(src)[2]
+    data = src.read_bytes()
+    body = data[off + 9:off + 9 + length]
+    # chunk header: start, end, size (8 each), crc (4), compression "" (4 + 0), length (8)
+    records = bytearray(body[40:])
+    pos = 0
+    while records[pos] != 0x05:  # the first message record of the chunk
+        pos += 9 + HEAD.unpack_from(records, pos)[1]
+    new_len = len(records) if damage == "overrun" else 10
+    if damage == "short_message":
+        records[pos + 9 + 10:pos + 9 + HEAD.unpack_from(records, pos)[1]] = b""
+    HEAD.pack_into(records, pos, 0x05, new_len)
+    bad = replace_chunk(src, 2, chunk_record(bytes(records), "", len(records)),
+                        tmp_path / "bad.mcap")
+    eps, rep = _episodes(bad)
+    assert 0 < len(eps) < 6
+    assert any("bad.mcap" in m and "malformed records inside" in m for m in rep.lost), rep.lost

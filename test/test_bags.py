@@ -3,6 +3,7 @@ salvage of truncated bags, refusals (missing topic, shapes), export and the CLI.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,7 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drqv2_ros.bags.episodes import ShapeMismatchError, TargetShapes, read_episodes
+from drqv2_ros.bags.episodes import (
+    ReadReport,
+    ShapeMismatchError,
+    TargetShapes,
+    read_episodes,
+)
 from drqv2_ros.bags.ingest import ingest_bags
 from drqv2_ros.bags.reader import BagError, open_bag
 from drqv2_ros.bags.recorder import BagRecorder, qos_from_profile
@@ -80,6 +86,15 @@ def episodes_of(records):
     for r in records:
         eps.setdefault(r.episode, []).append(r)
     return eps
+
+
+def assert_episodes_equal(episodes, records):
+    """Read episodes equal the written records bit for bit (a first step's absent action
+    reads as zeros of the episode's action size)."""
+    for e in episodes:
+        want = episodes_of(records)[e.episode]
+        want[0] = dataclasses.replace(want[0], action=np.zeros(want[1].action.size, np.float32))
+        assert len(e.steps) == len(want) and all(a.equals(b) for a, b in zip(e.steps, want))
 
 
 def assert_buffer_holds(buf: ReplayBuffer, records: list[StepRecord], demo_flags=None):
@@ -229,6 +244,49 @@ def test_steps_lost_mid_episode_skip_only_that_episode(tmp_path):
     assert summary.skipped == ["bag: episode 1: steps 3..3 missing (lost messages)"]
 
 
+def test_an_invalid_step_skips_only_its_episode(tmp_path):
+    records = synthetic_episodes(3, 6, h=24, w=24)
+    records[7 + 4].low_dim[2] = np.nan  # refused when episode 1 is stacked
+    records[14 + 2].images = np.zeros((1, 3, 24, 20), np.uint8)  # refused as it arrives
+    bag = write_bag(tmp_path / "bag", records)
+    with new_buffer(tmp_path / "buf", h=24, w=24) as buf:
+        summary = ingest_bags([bag], buf)
+        assert_buffer_holds(buf, [r for r in records if r.episode == 0])
+    assert summary.episodes == 1 and summary.dropped_steps == 14
+    assert summary.skipped[0].startswith("bag: episode 1: invalid step: step episode 1 index 4")
+    assert "low_dim: non-finite values at indices [2]" in summary.skipped[0]
+    assert "episode 2: invalid step: step episode 2 index 2" in summary.skipped[1]
+    report = ReadReport()  # without expected shapes (export): the episode's stack refuses
+    assert [e.episode for e in read_episodes([bag], report=report)] == [0]
+    assert "differs from the steps before it" in report.skipped[1]
+
+
+def test_bytes_decoder_and_deserialiser_ingest_the_same(tmp_path, monkeypatch):
+    """A bag read straight from the CDR bytes (the fast path) and through the rosbags
+    deserialiser (the path for other definitions and big-endian data) fill the buffer
+    alike, bit for bit."""
+    from drqv2_ros.bags import episodes as ep_mod
+    from drqv2_ros.observation.step_record import UndecodableStepError
+
+    records = synthetic_episodes(4, 9, demo=lambda e, k: k % 3 == 0)
+    bag = write_bag(tmp_path / "bag", records)
+    with new_buffer(tmp_path / "fast") as buf:
+        fast = ingest_bags([bag], buf)
+        a = {k: np.array(v) for k, v in buf._a.items()}
+
+    def refuse(raw, **_kw):
+        raise UndecodableStepError("forced")
+
+    monkeypatch.setattr(ep_mod, "check_step_cdr", refuse)
+    with new_buffer(tmp_path / "slow") as buf:
+        slow = ingest_bags([bag], buf)
+        b = {k: np.array(v) for k, v in buf._a.items()}
+    assert fast.transitions == slow.transitions == 4 * 9
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    with ReplayBuffer.open(tmp_path / "fast") as buf:
+        assert_buffer_holds(buf, records, demo_flags=lambda r: r.is_demo)
+
+
 def test_recording_started_mid_episode(tmp_path):
     records = synthetic_episodes(2, 5)[3:]
     bag = write_bag(tmp_path / "bag", records)
@@ -335,7 +393,7 @@ def test_read_episodes_gives_complete_episodes_in_order(tmp_path):
     bag = write_bag(tmp_path / "bag", recs)
     eps = list(read_episodes([bag]))
     assert [e.episode for e in eps] == [0, 1, 2]
-    assert all(a.equals(b) for e in eps for a, b in zip(e.steps, episodes_of(recs)[e.episode]))
+    assert_episodes_equal(eps, recs)
 
 
 # ------------------------------------------------------------------------------ export
@@ -468,7 +526,7 @@ def test_external_mcap_and_corrupt_chunk(tmp_path):
     good = write_external_mcap(tmp_path / "ext.mcap", records)
     eps = list(read_episodes([good]))
     assert [e.episode for e in eps] == [0, 1, 2, 3]
-    assert all(a.equals(b) for e in eps for a, b in zip(e.steps, episodes_of(records)[e.episode]))
+    assert_episodes_equal(eps, records)
 
     data = bytearray(good.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside a compressed chunk
@@ -551,3 +609,39 @@ def test_metadata_matches_rosbag2_jazzy_field_by_field(tmp_path, monkeypatch):
     with BagRecorder(tmp_path / "bag2", "mcap") as bag:
         bag.add_topic("/step", STEP_TYPE, [Profile()])
     assert "ros_distro: kilted" in (tmp_path / "bag2" / "metadata.yaml").read_text()
+
+
+def test_an_ingest_killed_half_way_leaves_the_buffer_as_it_was(tmp_path):
+    """SIGKILL after some episodes were stored (and written back): the buffer reopens as
+    before the ingest, so ingesting the bag again adds each episode once."""
+    import subprocess
+    import sys
+    import textwrap
+
+    records = synthetic_episodes(6, 8, h=24, w=24)
+    bag = write_bag(tmp_path / "bag", records)
+    with new_buffer(tmp_path / "buf", h=24, w=24) as buf:
+        buf.add_steps(np.zeros((2, 1, 3, 24, 24), np.uint8), np.zeros((2, LOW), np.float32),
+                      np.zeros((2, ACT), np.float32), np.zeros(2), is_first=[True, False],
+                      is_last=[False, True], terminated=False)
+    child = textwrap.dedent(f"""
+        import os, signal
+        import drqv2_ros.bags.ingest as ingest
+        from drqv2_ros.learning.replay_buffer import ReplayBuffer
+        real = ingest.read_episodes
+        def killed_after_four(*a, **kw):
+            for k, ep in enumerate(real(*a, **kw)):
+                if k == 4:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                yield ep
+        ingest.read_episodes = killed_after_four
+        buf = ReplayBuffer.open({str(tmp_path / "buf")!r})
+        ingest.ingest_bags([{str(bag)!r}], buf)
+    """)
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    with ReplayBuffer.open(tmp_path / "buf") as buf:
+        assert (buf.total_steps_added, buf.episodes_added) == (2, 1)
+        summary = ingest_bags([bag], buf)
+        assert summary.episodes == 6 and buf.total_steps_added == 2 + len(records)

@@ -449,3 +449,110 @@ def test_add_step_routed_offline_matches_online(tmp_path):
     assert (mb["is_intervention"] | mb["is_demo"])[mb["is_offline"]].all()
     mixed.flush()
     mixed.close()
+
+
+# ----------------------------------------------------------------------------- bulk adds
+
+def random_steps(rng, n_episodes):
+    """Steps of random episodes (lengths 1..12, some left open at the end) as dicts."""
+    out = []
+    for e in range(n_episodes):
+        length = int(rng.integers(1, 13))
+        for k in range(length):
+            last = k == length - 1 and e < n_episodes - 1
+            out.append(dict(
+                images=rng.integers(0, 256, SHAPE, dtype=np.uint8),
+                low_dim=rng.standard_normal(D).astype(np.float32),
+                action=rng.uniform(-1, 1, A).astype(np.float32), reward=float(rng.random()),
+                is_first=k == 0, is_last=last, terminated=last and bool(rng.random() < .5),
+                is_intervention=bool(rng.random() < .3), is_demo=bool(rng.random() < .3),
+                sampleable=bool(rng.random() < .9)))
+    return out
+
+
+def ring_snapshot(rb):
+    return ({k: np.array(v) for k, v in rb._a.items()},
+            (rb.total_steps_added, rb.num_steps, rb.num_episodes, rb.episodes_added, len(rb),
+             rb.num_intervention_transitions, rb.num_demo_transitions, rb.episode_open))
+
+
+@pytest.mark.parametrize("capacity", [1000, 37])  # 37: the ring wraps and evicts mid-batch
+def test_add_steps_equals_add_step_one_by_one(tmp_path, capacity):
+    rng = np.random.default_rng(11)
+    steps = random_steps(rng, 30)
+    one, bulk = make_rb(tmp_path / "one", capacity), make_rb(tmp_path / "bulk", capacity)
+    for st in steps:
+        one.add_step(**st)
+    k = 0
+    while k < len(steps):  # runs of random length, across episode and ring boundaries
+        run = steps[k:k + int(rng.integers(1, 25))]
+        cols = {f: np.array([st[f] for st in run]) for f in run[0]}
+        bulk.add_steps(cols.pop("images"), cols.pop("low_dim"), cols.pop("action"),
+                       cols.pop("reward"), **cols)
+        k += len(run)
+    a, b = ring_snapshot(one), ring_snapshot(bulk)
+    assert a[1] == b[1]
+    assert all(np.array_equal(a[0][f], b[0][f]) for f in a[0]), [
+        f for f in a[0] if not np.array_equal(a[0][f], b[0][f])]
+    one.close(), bulk.close()
+    reopened = ReplayBuffer.open(tmp_path / "bulk")
+    assert reopened.total_steps_added == len(steps)
+    reopened.close()
+
+
+def test_a_refused_batch_leaves_the_buffer_as_it_was(tmp_path):
+    rng = np.random.default_rng(12)
+    rb = make_rb(tmp_path / "b", capacity=50)
+    steps = random_steps(rng, 6)
+    for st in steps[:10]:
+        rb.add_step(**st)
+    before = ring_snapshot(rb)
+    run = steps[10:30]
+    cols = {f: np.array([st[f] for st in run]) for f in run[0]}
+    bad_low = cols["low_dim"].copy()
+    bad_low[7, 1] = np.nan
+    with pytest.raises(ValueError, match=r"low_dim: contains NaN or Inf .*step 7 of 20"):
+        rb.add_steps(cols["images"], bad_low, cols["action"], cols["reward"],
+                     is_first=cols["is_first"], is_last=cols["is_last"],
+                     terminated=cols["terminated"])
+    first = cols["is_first"].copy()
+    first[np.flatnonzero(~first)[-1]] = True  # an episode "starts" inside an open one
+    with pytest.raises(ValueError, match="still open"):
+        rb.add_steps(cols["images"], cols["low_dim"], cols["action"], cols["reward"],
+                     is_first=first, is_last=cols["is_last"], terminated=cols["terminated"])
+    after = ring_snapshot(rb)
+    assert before[1] == after[1] and all(np.array_equal(before[0][f], after[0][f])
+                                         for f in before[0])
+
+
+def test_write_back_is_not_durable_before_flush_and_its_error_surfaces(tmp_path, monkeypatch):
+    import json
+
+    rng = np.random.default_rng(13)
+    rb = make_rb(tmp_path / "b")
+    steps = random_steps(rng, 4)
+    for st in steps[:5]:
+        rb.add_step(**st)
+    rb.flush()
+    state = json.loads((tmp_path / "b" / "state.json").read_text())
+    for st in steps[5:]:
+        rb.add_step(**st)
+    rb.write_back()
+    rb._write_back.settle()
+    assert json.loads((tmp_path / "b" / "state.json").read_text()) == state  # not durable yet
+    real = os.fdatasync
+
+    def failing(fd):
+        if fd == rb._fds["images"]:
+            raise OSError(5, "Input/output error")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    rb.write_back()  # fails in the background ...
+    with pytest.raises(OSError, match="Input/output error"):
+        rb.flush()  # ... and says so at the next flush, which claims nothing
+    assert json.loads((tmp_path / "b" / "state.json").read_text()) == state
+    monkeypatch.setattr(os, "fdatasync", real)
+    rb.flush()
+    assert json.loads((tmp_path / "b" / "state.json").read_text())["total"] == len(steps)
+    rb.close()

@@ -168,3 +168,138 @@ def test_rosbags_classes_need_types():
     ts = project_typestore()
     with pytest.raises(TypeError, match="types=typestore.types"):
         to_msg(make_record(), ts.types[STEP_TYPE], ts.types[IMAGE_TYPE])
+
+
+# -- the serialized-bytes half (bags) ------------------------------------------------------
+
+def rosbags_step(rng, *, index, views, h, w, pad, fids, low, act):
+    """A rosbags Step with everything that moves CDR alignment varied: frame id lengths,
+    row padding, sizes, views, empty arrays."""
+    from drqv2_ros.bags.typestore import IMAGE_TYPE, STEP_TYPE, project_typestore
+
+    ts = project_typestore()
+    Header = ts.types["std_msgs/msg/Header"]
+    Time = ts.types["builtin_interfaces/msg/Time"]
+    step = 3 * w + pad
+    imgs = [ts.types[IMAGE_TYPE](
+        header=Header(stamp=Time(sec=5, nanosec=7), frame_id=fids[v]), height=h, width=w,
+        encoding="rgb8", is_bigendian=int(rng.integers(0, 2)), step=step,
+        data=rng.integers(0, 256, h * step, dtype=np.uint8)) for v in range(views)]
+    msg = ts.types[STEP_TYPE](
+        header=Header(stamp=Time(sec=int(rng.integers(0, 2**31)),
+                                 nanosec=int(rng.integers(0, 10**9))), frame_id=fids[-1]),
+        episode=int(rng.integers(0, 2**32)), index=index, is_first=index == 0,
+        is_last=bool(rng.integers(0, 2)), terminated=False, images=imgs,
+        low_dim=rng.standard_normal(low).astype(np.float32),
+        action=rng.uniform(-1, 1, act).astype(np.float32),
+        reward=float(rng.standard_normal()), is_intervention=bool(rng.integers(0, 2)),
+        is_demo=bool(rng.integers(0, 2)))
+    return ts, msg, bytes(ts.serialize_cdr(msg, STEP_TYPE))
+
+
+def test_cdr_decoder_equals_the_deserialiser_bit_for_bit():
+    """check_step_cdr (straight from the bytes) and check_step of the rosbags-deserialised
+    message give the same fields and, stacked, the same arrays, over the layouts that move
+    CDR alignment."""
+    from drqv2_ros.bags.typestore import STEP_TYPE
+    from drqv2_ros.observation.step_record import check_step, check_step_cdr, stack_steps
+
+    rng = np.random.default_rng(1)
+    for case in range(120):
+        views = 1 + case % 3
+        index = 0 if case % 5 == 0 else 1 + case % 7
+        fids = ["x" * int(rng.integers(0, 9)) for _ in range(views + 1)]
+        ts, msg, raw = rosbags_step(
+            rng, index=index, views=views, h=int(rng.integers(1, 6)),
+            w=int(rng.integers(1, 6)), pad=int(rng.integers(0, 5)), fids=fids,
+            low=int(rng.integers(0, 6)), act=0 if index == 0 else int(rng.integers(1, 5)))
+        fast, slow = check_step_cdr(raw), check_step(ts.deserialize_cdr(raw, STEP_TYPE))
+        assert fast[:9] == slow[:9] and fast.frame_ids == slow.frame_ids, case
+        assert all(a.shape == b.shape and np.array_equal(a, b)
+                   for a, b in zip(fast.views, slow.views)), case
+        a, b = stack_steps([fast]), stack_steps([slow])
+        for field in ("images", "low_dim", "action", "reward", "stamp_ns", "is_first",
+                      "is_last", "is_intervention", "is_demo"):
+            x, y = getattr(a, field), getattr(b, field)
+            assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), (case, field)
+        # a record from the bytes never aliases them
+        assert not np.shares_memory(a.images, np.frombuffer(raw, np.uint8))
+
+
+def test_cdr_decoder_refuses_bytes_that_are_not_a_step():
+    from drqv2_ros.observation.step_record import UndecodableStepError, check_step_cdr
+
+    rng = np.random.default_rng(2)
+    _ts, _msg, raw = rosbags_step(rng, index=3, views=2, h=3, w=4, pad=1, fids=["a", "bc", ""],
+                                  low=5, act=4)
+    check_step_cdr(raw)
+    for cut in sorted({*range(0, 60), *range(60, len(raw) - 3, 7)}):  # every header cut
+        with pytest.raises(UndecodableStepError):
+            check_step_cdr(raw[:cut])
+    bad = [raw + b"\0" * 8,  # more than CDR padding after the end
+           b"\x00\x00" + raw[2:],  # big endian: for a deserialiser
+           raw[:16] + b"\xff" + raw[17:]]  # the header's frame id loses its NUL
+    for b in bad:
+        with pytest.raises(UndecodableStepError):
+            check_step_cdr(b)
+    garbage = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    for k in range(200):  # random bytes: refused, never another exception
+        try:
+            check_step_cdr(b"\x00\x01\x00\x00" + garbage[k:k + 40 + k])
+        except (UndecodableStepError, StepFormatError):
+            pass
+
+
+def test_cdr_decoder_applies_the_same_checks():
+    from drqv2_ros.observation.step_record import check_step_cdr, stack_steps
+
+    rng = np.random.default_rng(3)
+    ts, msg, raw = rosbags_step(rng, index=2, views=1, h=4, w=4, pad=0, fids=["", ""],
+                                low=18, act=4)
+    with pytest.raises(StepFormatError, match="low_dim size 18, expected 21"):
+        check_step_cdr(raw, low_dim_size=21)
+    with pytest.raises(StepFormatError, match=r"image shape .*\(1, 3, 4, 4\)"):
+        check_step_cdr(raw, image_shape=(1, 3, 84, 84))
+    msg.low_dim[3] = np.nan
+    from drqv2_ros.bags.typestore import STEP_TYPE
+
+    raw = bytes(ts.serialize_cdr(msg, STEP_TYPE))
+    with pytest.raises(StepFormatError, match=r"low_dim: non-finite values at indices \[3\]"):
+        stack_steps([check_step_cdr(raw)])
+    msg.images[0].encoding = "bgr8"
+    with pytest.raises(StepFormatError, match="encoding 'bgr8'"):
+        check_step_cdr(bytes(ts.serialize_cdr(msg, STEP_TYPE)))
+
+
+@pytest.mark.parametrize("pad", [0, 5])
+def test_chw_copy_kernels_agree(pad):
+    """The OpenCV de-interleave and numpy's transpose give the same planes, rows padded
+    (a strided source) or not."""
+    from drqv2_ros.observation import step_record
+
+    rng = np.random.default_rng(4)
+    buf = rng.integers(0, 256, 7 * (3 * 9 + pad), dtype=np.uint8)
+    hwc = buf.reshape(7, 3 * 9 + pad)[:, :27].reshape(7, 9, 3)
+    want = np.ascontiguousarray(hwc.transpose(2, 0, 1))
+    kernels = [step_record._copy_chw_numpy]
+    if step_record._cv2 is not None:
+        kernels.append(step_record._copy_chw_cv2)
+    for kernel in kernels:
+        out = np.zeros((2, 3, 7, 9), np.uint8)
+        kernel(out[1], hwc)
+        assert np.array_equal(out[1], want) and not out[0].any(), kernel.__name__
+
+
+def test_step_stack_grows_and_refuses_a_change_of_frame_size():
+    from drqv2_ros.observation.step_record import StepStack, check_step
+
+    recs = [make_record(index=k, h=5, w=6, seed=k) for k in range(9)]
+    stack = StepStack(capacity=2)
+    for r in recs:
+        stack.append(check_step(ns_msg(r)))
+    batch = stack.finish(action_size=4)
+    assert len(batch) == 9 and all(batch.record(k).equals(
+        r if k else StepRecord(**{**r.__dict__, "action": np.zeros(4, np.float32)}))
+        for k, r in enumerate(recs))
+    with pytest.raises(StepFormatError, match="differs from the steps before it"):
+        stack.append(check_step(ns_msg(make_record(index=9, h=5, w=7))))

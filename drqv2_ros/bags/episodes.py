@@ -8,6 +8,7 @@ Read through :mod:`drqv2_ros.bags.reader`; used by ingest (replay buffer) and ex
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,17 @@ from typing import Any
 
 from drqv2_ros.bags.reader import BagError, BagInfo, iter_topic, open_bag
 from drqv2_ros.bags.typestore import STEP_TYPE, project_typestore
-from drqv2_ros.observation.step_record import StepFormatError, StepRecord, from_msg
+from drqv2_ros.observation.step_record import (
+    StepBatch,
+    StepFields,
+    StepFormatError,
+    StepRecord,
+    StepStack,
+    UndecodableStepError,
+    check_step,
+    check_step_cdr,
+    from_msg,
+)
 
 # =====================================================================================
 # Target shapes
@@ -84,9 +95,12 @@ class TargetShapes:
 
 def _step_typestore(info: BagInfo, topic: str) -> tuple[Any, str | None]:
     """Our typestore, or one built from the bag's own Step definition when it differs."""
+    return _typestore_for(info.topics[topic].msgdef, info.topics[topic].digest)
+
+
+@functools.lru_cache(maxsize=16)
+def _typestore_for(text: str, digest: str) -> tuple[Any, str | None]:
     ours = project_typestore()
-    text = info.topics[topic].msgdef
-    digest = info.topics[topic].digest
     our_hash = ours.hash_rihs01(STEP_TYPE)
     if digest and digest == our_hash:
         return ours, None
@@ -109,18 +123,27 @@ def _step_typestore(info: BagInfo, topic: str) -> tuple[Any, str | None]:
 
 @dataclass
 class EpisodeData:
+    """One complete episode of a bag, decoded: its steps as arrays (``batch``)."""
+
     bag: str
     episode: int
-    steps: list[StepRecord]
+    batch: StepBatch
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    @property
+    def steps(self) -> list[StepRecord]:
+        """The steps one by one (views of ``batch``)."""
+        return [self.batch.record(k) for k in range(len(self.batch))]
 
     @property
     def transitions(self) -> int:
-        return len(self.steps) - 1
+        return len(self.batch) - 1
 
     @property
     def success(self) -> bool:
-        last = self.steps[-1]
-        return bool(last.terminated and last.reward > 0)
+        return bool(self.batch.terminated[-1] and self.batch.reward[-1] > 0)
 
 
 @dataclass
@@ -138,11 +161,13 @@ class ReadReport:
 
 
 class _Assembler:
-    """Steps of one bag -> complete episodes (index 0 ``is_first`` ... ``is_last``, no gaps)."""
+    """Steps of one bag -> complete episodes (index 0 ``is_first`` ... ``is_last``, no gaps),
+    each decoded by a :class:`StepStack` (a step it refuses skips its episode)."""
 
-    def __init__(self, bag: str, report: ReadReport):
-        self.bag, self.report = bag, report
-        self.open: dict[int, list[StepRecord]] = {}
+    def __init__(self, bag: str, report: ReadReport, action_size: int | None = None):
+        self.bag, self.report, self.action_size = bag, report, action_size
+        self.open: dict[int, StepStack] = {}
+        self.length_hint = 64  # the last episode's length: the next one's first allocation
         self.poisoned: dict[int, str] = {}
         self.seen_any = False
 
@@ -151,14 +176,14 @@ class _Assembler:
         self.report.dropped_steps += steps
 
     def poison(self, episode: int, reason: str) -> None:
-        steps = self.open.pop(episode, [])
+        steps = self.open.pop(episode, ())
         if episode not in self.poisoned:
             self._skip(episode, reason, len(steps) + 1)
             self.poisoned[episode] = reason
         else:
             self.report.dropped_steps += 1
 
-    def feed(self, rec: StepRecord) -> EpisodeData | None:
+    def feed(self, rec: StepFields) -> EpisodeData | None:
         ep = rec.episode
         first_seen, self.seen_any = not self.seen_any, True
         if rec.is_first:
@@ -171,9 +196,9 @@ class _Assembler:
             # when a later one starts has lost its remaining steps.
             for old in sorted(e for e in self.open if e < ep):
                 steps = self.open.pop(old)
-                self._skip(old, f"steps after index {steps[-1].index} missing (episode {ep} "
+                self._skip(old, f"steps after index {steps.last.index} missing (episode {ep} "
                                 "started; lost messages)", len(steps))
-            self.open[ep] = [rec]
+            steps = self.open[ep] = StepStack(self.length_hint)
         elif ep in self.poisoned:
             self.report.dropped_steps += 1
             return None
@@ -184,8 +209,8 @@ class _Assembler:
             return None
         else:
             steps = self.open[ep]
-            prev = steps[-1].index
-            if rec.index == prev and rec.stamp_ns == steps[-1].stamp_ns:
+            prev = steps.last.index
+            if rec.index == prev and rec.stamp_ns == steps.last.stamp_ns:
                 self.report.notes.append(f"{self.bag}: duplicate step {ep}/{rec.index} ignored")
                 return None
             if rec.index != prev + 1:
@@ -193,9 +218,18 @@ class _Assembler:
                         else f"index went back from {prev} to {rec.index}")
                 self.poison(ep, what + " (lost messages)")
                 return None
-            steps.append(rec)
+        try:
+            steps.append(rec)  # its frames are copied now, while in the cache
+        except StepFormatError as exc:
+            self.poison(ep, f"invalid step: {exc}")
+            return None
         if rec.is_last:
-            return EpisodeData(self.bag, ep, self.open.pop(ep))
+            del self.open[ep]
+            self.length_hint = len(steps)
+            try:
+                return EpisodeData(self.bag, ep, steps.finish(self.action_size))
+            except StepFormatError as exc:
+                self._skip(ep, f"invalid step: {exc}", len(steps))
         return None
 
     def finish(self) -> None:
@@ -215,7 +249,7 @@ def _peek(info: BagInfo, topic: str, limit: int = 50
         if i >= limit and first is not None:
             break
         try:
-            rec = from_msg(ts.deserialize_cdr(raw, STEP_TYPE))
+            rec = from_msg(ts.deserialize_cdr(bytes(raw), STEP_TYPE))
         except Exception:  # look for the first decodable one
             continue
         first = first or rec
@@ -271,7 +305,7 @@ def read_episodes(
         typestore, note = _step_typestore(info, topic)
         if note:
             report.notes.append(f"{info.name}: {note}")
-        asm = _Assembler(info.name, report)
+        asm = _Assembler(info.name, report, expect.get("action_size"))
         total = info.topics[topic].count
         read = 0
         with tqdm(total=total or None, unit="step", desc=info.name, disable=not progress,
@@ -280,20 +314,25 @@ def read_episodes(
                 read += 1
                 bar.update(1)
                 try:
-                    msg = typestore.deserialize_cdr(raw, STEP_TYPE)
+                    try:  # our definition, little endian: straight from the bytes
+                        if note:
+                            raise UndecodableStepError("the bag's own definition")
+                        rec = check_step_cdr(raw, **expect)
+                    except UndecodableStepError:  # a deserialiser for anything else
+                        rec = check_step(typestore.deserialize_cdr(bytes(raw), STEP_TYPE),
+                                         **expect)
+                except StepFormatError as exc:
+                    asm.poison(-1 if exc.episode is None else exc.episode,
+                               f"invalid step: {exc}")
+                    continue
                 except Exception as exc:  # a corrupt message: cannot attribute
                     report.lost.append(f"{info.name}: undecodable Step message #{read}: "
                                        f"{type(exc).__name__}: {exc}")
                     continue
-                try:
-                    rec = from_msg(msg, **expect)
-                except StepFormatError as exc:
-                    asm.poison(int(getattr(msg, "episode", -1)), f"invalid step: {exc}")
-                    continue
                 episode = asm.feed(rec)
                 if episode is not None:
                     report.episodes += 1
-                    report.steps += len(episode.steps)
+                    report.steps += len(episode)
                     yield episode
         asm.finish()
         report.step_messages += read

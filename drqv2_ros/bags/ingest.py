@@ -26,6 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,15 +113,15 @@ class IngestSummary:
         return "\n".join(lines)
 
 
-def _demo_flags(episode: EpisodeData, mode: str) -> list[bool]:
-    recorded = [s.is_demo for s in episode.steps]
+def _demo_flags(episode: EpisodeData, mode: str) -> np.ndarray:
+    recorded = episode.batch.is_demo
     if mode == "keep":
         return recorded
     if mode == "all":
-        return [True] * len(recorded)
+        return np.ones_like(recorded)
     # auto: an episode whose steps carry no demo flag was recorded without demo mode but is
     # ingested as a demonstration; one that carries flags keeps them.
-    return recorded if any(recorded[1:]) else [True] * len(recorded)
+    return recorded if recorded[1:].any() else np.ones_like(recorded)
 
 
 def ingest_bags(
@@ -131,7 +132,6 @@ def ingest_bags(
     demo_flags: str = "auto",
     target: TargetShapes | None = None,
     progress: bool = False,
-    flush_every: int = 50,
     log: Callable[[str], None] | None = None,
 ) -> IngestSummary:
     """Add the complete episodes of ``bags`` (in the given order) to ``buffer``.
@@ -143,7 +143,8 @@ def ingest_bags(
     ``"keep"`` (as recorded) or ``"all"``. Intervention flags are always kept.
 
     Raises :class:`BagError` (missing topic, unreadable bag) or :class:`ShapeMismatchError`
-    before anything is added; salvageable damage is reported in the summary instead."""
+    before anything is added; salvageable damage is reported in the summary instead. Each
+    episode is added in one :meth:`add_steps`; everything added is durable on return."""
     if demo_flags not in ("auto", "keep", "all"):
         raise ValueError(f"demo_flags must be auto, keep or all, got {demo_flags!r}")
     if not bags:
@@ -165,25 +166,32 @@ def ingest_bags(
     checked = check_bags(bags, target, step_topic=step_topic)
     report = ReadReport()
     episodes = transitions = steps = successes = n_int = n_demo = 0
-    since_flush = 0
-    for ep in read_episodes(bags, target=target, report=report, progress=progress,
-                            checked=checked):
-        flags = _demo_flags(ep, demo_flags)
-        for rec, is_demo in zip(ep.steps, flags):
-            buffer.add_step(rec.images, rec.low_dim, rec.action, rec.reward,
-                            is_first=rec.is_first, is_last=rec.is_last,
-                            terminated=rec.terminated, is_intervention=rec.is_intervention,
-                            is_demo=is_demo)
-        episodes += 1
-        steps += len(ep.steps)
-        transitions += ep.transitions
-        successes += ep.success
-        n_int += sum(s.is_intervention for s in ep.steps[1:])
-        n_demo += sum(flags[1:])
-        since_flush += 1
-        if since_flush >= flush_every:
-            buffer.flush()
-            since_flush = 0
+
+    def store(b: Any, flags: np.ndarray) -> None:
+        buffer.add_steps(b.images, b.low_dim, b.action, b.reward, is_first=b.is_first,
+                         is_last=b.is_last, terminated=b.terminated,
+                         is_intervention=b.is_intervention, is_demo=flags)
+        buffer.write_back()  # the disk writes overlap the reading of the next episodes
+
+    # Episode k is stored by a second thread while episode k + 1 is read: the copy into the
+    # ring (pwrite) runs without the GIL. One episode in flight; the buffer is only touched
+    # by that thread until the end (its errors surface here, at the next episode).
+    with ThreadPoolExecutor(1, thread_name_prefix="ingest-store") as pool:
+        stored: Future | None = None
+        for ep in read_episodes(bags, target=target, report=report, progress=progress,
+                                checked=checked):
+            b, flags = ep.batch, _demo_flags(ep, demo_flags)
+            if stored is not None:
+                stored.result()
+            stored = pool.submit(store, b, flags)
+            episodes += 1
+            steps += len(b)
+            transitions += ep.transitions
+            successes += ep.success
+            n_int += int(b.is_intervention[1:].sum())
+            n_demo += int(flags[1:].sum())
+        if stored is not None:
+            stored.result()
     buffer.flush()
     summary = IngestSummary(
         bags=report.bags, episodes=episodes, transitions=transitions, steps=steps,

@@ -1,7 +1,9 @@
 """Reading rosbag2 bags at a bounded cost: topics, and the raw messages of one topic.
 
-MCAP files are read with the ``mcap`` library's record types (schemas, channels, messages,
-chunks) under a framing loop of our own, so that one bad record costs only that record:
+MCAP files are read with the ``mcap`` library's record types (schemas, channels, chunks)
+under a framing loop of our own, so that one bad record costs only that record (message
+records inside a chunk are framed from their fixed fields, and those of other topics are
+skipped without a copy: a chunk of a camera bag holds thousands):
 
 * every record's declared length is checked against the file before it is read;
 * a chunk's data is inflated here, bounded: a chunk that declares more than
@@ -21,7 +23,6 @@ The one reader of the package: ingest and export both go through :func:`open_bag
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import sqlite3
@@ -36,6 +37,9 @@ from drqv2_ros.bags.typestore import STEP_TYPE
 _STORAGE_SUFFIXES = (".mcap", ".db3")
 _MAGIC = b"\x89MCAP0\r\n"
 _HEAD = struct.Struct("<BQ")
+#: A Message record's fixed fields (channel id, sequence, log time, publish time); its data
+#: is the rest of the record (MCAP specification, "Message (op=0x05)").
+_MESSAGE_FIELDS = struct.Struct("<HIQQ")
 _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = 0x03, 0x04, 0x05, 0x06
 _OP_FOOTER, _OP_DATA_END = 0x02, 0x0F
 
@@ -120,7 +124,9 @@ def _metadata_counts(path: Path, limits: ReadLimits) -> dict[str, int]:
     try:
         import yaml
 
-        info = (yaml.safe_load(meta.read_text()) or {}).get("rosbag2_bagfile_information", {})
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where it is built
+        info = (yaml.load(meta.read_text(), Loader=loader) or {}).get(
+            "rosbag2_bagfile_information", {})
         return {t["topic_metadata"]["name"]: int(t["message_count"])
                 for t in info.get("topics_with_message_count", [])}
     except Exception:  # a broken metadata file only loses the cross-check
@@ -151,17 +157,14 @@ def open_bag(path: str | os.PathLike, limits: ReadLimits = DEFAULT_READ_LIMITS) 
     return info
 
 
-def iter_topic(info: BagInfo, topic: str) -> Iterator[tuple[int, bytes]]:
+def iter_topic(info: BagInfo, topic: str) -> Iterator[tuple[int, bytes | memoryview]]:
     """(log time ns, raw CDR) of every readable message of ``topic``, file by file in file
-    order. Losses (skipped chunks, a cut file, sqlite damage) go to ``info.problems``."""
+    order. The CDR is a bytes-like object (a ``memoryview`` of its chunk, not a copy).
+    Losses (skipped chunks, a cut file, sqlite damage) go to ``info.problems``."""
     for f in info.files:
         if f.suffix == ".mcap":
-            channels: set[int] = set()
-            for rec in _mcap_records(f, info):
-                if rec[0] == "channel":
-                    if rec[2] == topic:
-                        channels.add(rec[1])
-                elif rec[0] == "message" and rec[1] in channels:
+            for rec in _mcap_records(f, info, topic=topic):
+                if rec[0] == "message":
                     yield rec[2], rec[3]
         else:
             yield from _sqlite_messages(f, topic, info)
@@ -229,11 +232,13 @@ def _schema_text(schema) -> str:
         return ""
 
 
-def _mcap_records(f: Path, info: BagInfo) -> Iterator[tuple]:
+def _mcap_records(f: Path, info: BagInfo, topic: str | None = None) -> Iterator[tuple]:
     """('schema', id, name, text), ('channel', id, topic, schema_id, type_hash) and
     ('message', channel_id, log_time, data) in file order; bad records and chunks skipped
-    and noted, a cut file read up to the cut."""
-    from mcap.data_stream import ReadDataStream
+    and noted, a cut file read up to the cut. With ``topic``, only the messages of that
+    topic's channels (all of them, whatever their QoS) are yielded; the others are not
+    copied."""
+    keep: set[int] | None = None if topic is None else set()
 
     limits = info.limits
     size = f.stat().st_size
@@ -253,7 +258,8 @@ def _mcap_records(f: Path, info: BagInfo) -> Iterator[tuple]:
                 _note(info, f, f"cut short at byte {pos}: record 0x{op:02x} announces "
                                f"{length} bytes, {size - start} present")
                 if op == _OP_CHUNK and length <= limits.max_record_bytes:
-                    yield from _cut_chunk(fh.read(size - start), f, info)
+                    yield from (r for r in _cut_chunk(fh.read(size - start), f, info)
+                                if _wanted(r, topic, keep))
                 return
             if op in (_OP_FOOTER, _OP_DATA_END):
                 return  # the summary follows: everything was read
@@ -266,11 +272,14 @@ def _mcap_records(f: Path, info: BagInfo) -> Iterator[tuple]:
             if op in (_OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK):
                 body = fh.read(length)
                 try:
-                    stream = ReadDataStream(io.BytesIO(body))
+                    stream = _stream(body)
                     if op == _OP_CHUNK:
-                        yield from _chunk(_read_record(op, stream, length), f, pos, info)
+                        yield from _chunk(_read_record(op, stream, length), f, pos, info,
+                                          topic, keep)
                     else:
-                        yield _as_tuple(_read_record(op, stream, length))
+                        rec = _as_tuple(_read_record(op, stream, length))
+                        if _wanted(rec, topic, keep):
+                            yield rec
                 except _Skip as exc:
                     info.skipped_chunks += 1
                     _note(info, f, f"chunk at byte {pos} skipped: {exc}")
@@ -286,6 +295,25 @@ class _Skip(Exception):
     pass
 
 
+class _View:
+    """A file-like ``read`` over a buffer that returns views, not copies: the ``mcap``
+    records read from it (a chunk's megabyte of data above all) alias the buffer."""
+
+    def __init__(self, data: bytes | memoryview):
+        self._data, self._pos = memoryview(data), 0
+
+    def read(self, n: int) -> memoryview:
+        out = self._data[self._pos:self._pos + n]
+        self._pos += len(out)
+        return out
+
+
+def _stream(data: bytes | memoryview):
+    from mcap.data_stream import ReadDataStream
+
+    return ReadDataStream(_View(data))
+
+
 def _read_record(op: int, stream, length: int):
     """The mcap record (Schema, Channel, Message or Chunk) of opcode ``op``."""
     from mcap.records import Channel, Chunk, Message, Schema
@@ -298,7 +326,7 @@ def _read_record(op: int, stream, length: int):
 def _inflate(compression: str, data: bytes, limit: int) -> bytes:
     """Decompress at most ``limit + 1`` bytes (so "more than declared" is detectable)."""
     if compression == "":
-        return bytes(data)
+        return data
     if compression == "zstd":
         import zstandard
 
@@ -324,9 +352,18 @@ def _inflate(compression: str, data: bytes, limit: int) -> bytes:
     raise _Skip(f"unsupported compression {compression!r}")
 
 
-def _chunk(chunk, f: Path, pos: int, info: BagInfo) -> list[tuple]:
-    from mcap.stream_reader import breakup_chunk
+def _wanted(rec: tuple | None, topic: str | None, keep: set[int] | None) -> bool:
+    """Whether to yield ``rec``; a channel of ``topic`` joins ``keep`` as it is seen."""
+    if rec is None or keep is None:
+        return rec is not None
+    if rec[0] == "channel" and rec[2] == topic:
+        keep.add(rec[1])
+    return rec[0] != "message" or rec[1] in keep
 
+
+def _chunk(chunk, f: Path, pos: int, info: BagInfo, topic: str | None = None,
+           keep: set[int] | None = None) -> list[tuple]:
+    """The records of a chunk, inflated at a bounded cost (see the module docstring)."""
     limit = info.limits.max_chunk_bytes
     if chunk.uncompressed_size > limit:
         raise _Skip(f"declares {chunk.uncompressed_size} bytes uncompressed, above the "
@@ -338,10 +375,39 @@ def _chunk(chunk, f: Path, pos: int, info: BagInfo) -> list[tuple]:
     if chunk.uncompressed_crc and crc32(raw) != chunk.uncompressed_crc:
         raise _Skip("fails its CRC")
     try:
-        inner = breakup_chunk(dataclasses.replace(chunk, compression="", data=raw))
+        return list(_chunk_records(raw, topic, keep))
     except Exception as exc:
         raise _Skip(f"malformed records inside ({type(exc).__name__}: {exc})") from None
-    return [t for t in map(_as_tuple, inner) if t is not None]
+
+
+def _chunk_records(raw: bytes, topic: str | None, keep: set[int] | None
+                   ) -> Iterator[tuple]:
+    """The records of an inflated chunk (a chunk holds schema, channel and message records
+    only). Messages are framed here from their fixed fields, without a record object each:
+    a chunk of a camera bag holds thousands, and the ones of other channels are skipped
+    without a copy. Schemas and channels are read with the ``mcap`` library's records."""
+    pos, end, view = 0, len(raw), memoryview(raw)
+    head, fields = _HEAD.unpack_from, _MESSAGE_FIELDS.unpack_from
+    while pos < end:
+        if pos + _HEAD.size > end:
+            raise ValueError(f"a record header overruns the chunk at byte {pos}")
+        op, length = head(raw, pos)
+        body = pos + _HEAD.size
+        pos = body + length
+        if pos > end:
+            raise ValueError(f"record 0x{op:02x} at byte {body - _HEAD.size} overruns the "
+                             f"chunk ({length} bytes announced, {end - body} left)")
+        if op == _OP_MESSAGE:
+            if length < _MESSAGE_FIELDS.size:
+                raise ValueError(f"message record of {length} bytes")
+            channel, _seq, log_time, _pub = fields(raw, body)
+            if keep is None or channel in keep:
+                yield ("message", channel, log_time, view[body + _MESSAGE_FIELDS.size:pos])
+        elif op in (_OP_SCHEMA, _OP_CHANNEL):
+            rec = _as_tuple(_read_record(op, _stream(view[body:pos]),
+                                         length))
+            if _wanted(rec, topic, keep):
+                yield rec
 
 
 def _as_tuple(r) -> tuple | None:
@@ -358,10 +424,9 @@ def _as_tuple(r) -> tuple | None:
 
 def _cut_chunk(body: bytes, f: Path, info: BagInfo) -> Iterator[tuple]:
     """The whole records of an uncompressed chunk that the file's end cuts."""
-    from mcap.data_stream import ReadDataStream
 
     try:
-        stream = ReadDataStream(io.BytesIO(body))
+        stream = _stream(body)
         for _ in range(3):
             stream.read8()
         stream.read4()
@@ -379,8 +444,8 @@ def _cut_chunk(body: bytes, f: Path, info: BagInfo) -> Iterator[tuple]:
         if pos + _HEAD.size + length > len(data):
             return
         try:
-            rec = _as_tuple(_read_record(op, ReadDataStream(io.BytesIO(
-                data[pos + _HEAD.size:pos + _HEAD.size + length])), length)
+            rec = _as_tuple(_read_record(op, _stream(
+                data[pos + _HEAD.size:pos + _HEAD.size + length]), length)
                 ) if op in (_OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE) else None
         except Exception:
             rec = None

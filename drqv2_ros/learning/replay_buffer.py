@@ -17,11 +17,13 @@ See ``docs/replay_buffer.md`` for the layout, the sampling semantics and the mix
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fcntl
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,9 @@ _TERMINATED = 4
 _INTERVENTION = 8
 _DEMO = 16
 _NO_SAMPLE = 32
+
+#: Segments of at least this many steps go to the images file by ``pwrite`` (bulk adds).
+_PWRITE_ROWS = 8
 
 _SPEC_FILE = "spec.json"
 _STATE_FILE = "state.json"
@@ -76,6 +81,64 @@ def _preallocate(path: Path) -> None:
                           f"{size / 1e6:.1f} MB on disk ({exc.strerror})") from None
     finally:
         os.close(fd)
+
+
+class _WriteBack:
+    """Background write-back of a ring file (:meth:`ReplayBuffer.write_back`): one thread,
+    started on the first request, that ``fdatasync``-s the file while the writer goes on
+    (one call per round: the thread needs the GIL only between rounds). It changes what is
+    on disk, never what the state file claims; a later :meth:`ReplayBuffer.flush` waits
+    for it and raises its error."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._cv = threading.Condition()
+        self._requested = self._busy = self._stopping = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        with self._cv:
+            self._requested = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="replay-write-back")
+                self._thread.start()
+            self._cv.notify_all()
+
+    def settle(self) -> None:
+        """Wait until no round runs or is requested; raise the error of one that failed."""
+        with self._cv:
+            while self._busy or self._requested:
+                self._cv.wait()
+            err, self._error = self._error, None
+        if err is not None:
+            raise err
+
+    def stop(self) -> None:
+        with self._cv:
+            self._requested, self._stopping = False, True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._requested and not self._stopping:
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                self._requested, self._busy = False, True
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:  # raised on the writer's thread, at its next flush
+                with self._cv:
+                    self._error = exc
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
 
 
 class ReplayBuffer:
@@ -237,6 +300,7 @@ class ReplayBuffer:
         self._mm["step_id"][:] = -1
         self.stream_marks: dict[str, Any] = {}
         self._views()
+        self._open_fds()
         self._total = 0  # global id of the next step
         self._lo = 0  # oldest stored step (global id)
         self._open_start: int | None = None  # o_0 global id of the open episode
@@ -265,6 +329,7 @@ class ReplayBuffer:
                                  f"{dtype}{shape}")
             self._mm[name] = mm
         self._views()
+        self._open_fds()
         state_path = self.directory / _STATE_FILE
         if not state_path.exists():
             raise ValueError(f"replay buffer {self.directory} is incomplete: {_STATE_FILE} "
@@ -296,6 +361,25 @@ class ReplayBuffer:
             self.end_episode(terminated=False)
             self.flush()
 
+    def _open_fds(self) -> None:
+        """A descriptor per ring file: durability through ``fdatasync`` (which, unlike the
+        memmap's ``msync``, lets other Python threads run meanwhile; on Linux both write back
+        the same page-cache pages, the mapping's included) and bulk rows through ``pwrite``."""
+        self._fds: dict[str, int] = {}
+        try:
+            for name in self._mm:
+                self._fds[name] = os.open(self.directory / f"{name}.npy", os.O_RDWR)
+        except OSError:
+            self._close_fds()
+            raise
+        self._write_back = _WriteBack(self._fds["images"])
+
+    def _close_fds(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = {}
+
     def _views(self) -> None:
         # Plain ndarray views of the memmaps: same memory, no np.memmap subclass overhead, and
         # fancy-indexed results are ordinary arrays.
@@ -310,6 +394,10 @@ class ReplayBuffer:
             if getattr(self, "_mm", None) and self._lock_fd is not None:
                 self.flush()
         finally:
+            write_back = getattr(self, "_write_back", None)
+            if write_back is not None:
+                write_back.stop()
+            self._close_fds()
             self._mm, self._a = {}, {}
             self._release_lock()
 
@@ -321,17 +409,23 @@ class ReplayBuffer:
 
     def __del__(self) -> None:
         try:
+            write_back = getattr(self, "_write_back", None)
+            if write_back is not None:
+                write_back.stop()
+            self._close_fds()
             self._release_lock()
         except Exception:
             pass
 
     def flush(self) -> None:
-        """Make every step added so far durable (msync data, then atomically replace state).
+        """Make every step added so far durable: the ring files synced, then the state
+        replaced atomically (so the state never claims a step that is not on disk).
 
         ``stream_marks`` (a small JSON dict the writer keeps: the learner's position in each
         actor's step stream) is written with the ring state, so the two always agree."""
-        for mm in self._mm.values():
-            mm.flush()
+        self._write_back.settle()
+        for fd in self._fds.values():
+            os.fdatasync(fd)  # on Linux what msync(MS_SYNC) does, without holding the GIL
         atomic_write_json(self.directory / _STATE_FILE, {
             "format_version": FORMAT_VERSION,
             "total": self._total,
@@ -341,6 +435,14 @@ class ReplayBuffer:
             "stream_marks": self.stream_marks,
         })
         self._durable_total = self._total
+
+    def write_back(self) -> None:
+        """Start writing the frames added so far to disk in the background, and return at
+        once: the disk then works while the caller adds the next steps (a bulk ingest), and
+        the next :meth:`flush` has little left to wait for. Nothing becomes durable before
+        that flush: the state file still describes the ring as at the last flush (so an
+        ingest killed half way leaves the buffer as it was before it)."""
+        self._write_back.request()
 
     # ------------------------------------------------------------------ counters
     def _slots(self, ids: np.ndarray) -> np.ndarray:
@@ -437,27 +539,34 @@ class ReplayBuffer:
         return self._a["images"], self._a["low_dim"]
 
     # ------------------------------------------------------------------ writing
-    def _check_array(self, name: str, value: Any, shape: tuple[int, ...], *,
-                     image: bool = False) -> np.ndarray:
+    @staticmethod
+    def _check_rows(name: str, value: Any, n: int, shape: tuple[int, ...], *,
+                    image: bool = False) -> np.ndarray:
+        """``value`` as ``n`` rows of ``shape`` (float32 unless ``image``), every value
+        finite; ValueError naming the field otherwise."""
         if value is None:
             raise ValueError(f"{name}: expected an array of shape {shape}, got None")
         arr = np.asarray(value)
         if image:
             if arr.dtype != np.uint8:
                 raise ValueError(f"{name}: dtype must be uint8 (0..255 frames), got {arr.dtype} "
-                                 f"with shape {arr.shape}")
+                                 f"with shape {arr.shape[1:]}")
         elif not np.issubdtype(arr.dtype, np.floating):
             raise ValueError(f"{name}: dtype must be floating (stored as float32), got "
                              f"{arr.dtype}")
-        if arr.shape != shape:
-            raise ValueError(f"{name}: shape {arr.shape} != expected {shape}")
+        if arr.shape != (n, *shape):
+            got = arr.shape[1:] if arr.ndim and arr.shape[0] == n else arr.shape
+            raise ValueError(f"{name}: shape {got} != expected {shape}")
         if not image:
             arr = arr.astype(np.float32, copy=False)
             # finite iff the dot product with zeros is (inf * 0 and NaN * 0 are NaN): one
-            # call instead of isfinite + all on these small vectors
-            if arr.size and not math.isfinite(float(np.dot(arr, np.zeros_like(arr)))):
-                raise ValueError(f"{name}: contains NaN or Inf (shape {shape}): "
-                                 f"{np.flatnonzero(~np.isfinite(arr))[:8].tolist()} ...")
+            # call instead of isfinite + all
+            if arr.size and not math.isfinite(float(np.dot(arr.reshape(-1),
+                                                            np.zeros(arr.size, arr.dtype)))):
+                bad = np.flatnonzero(~np.isfinite(arr).reshape(n, -1).all(axis=1))
+                raise ValueError(f"{name}: contains NaN or Inf (shape {shape}"
+                                 f"{f', step {int(bad[0])} of {n}' if n > 1 else ''}): "
+                                 f"{np.flatnonzero(~np.isfinite(arr[bad[0]]))[:8].tolist()} ...")
         return arr
 
     def add_step(
@@ -480,61 +589,141 @@ class ReplayBuffer:
         ignored and ``is_intervention``/``is_demo``/``sampleable`` are not stored (they describe
         the transition ending at this step, and there is none). ``sampleable=False`` keeps the
         transition ``(o_{k-1}, a_{k-1}) -> o_k`` out of :meth:`sample` (context-only steps, see
-        :class:`MixedReplay`). Not durable until :meth:`flush`.
+        :class:`MixedReplay`). Not durable until :meth:`flush`. :meth:`add_steps` of one step.
         """
-        is_first, is_last, terminated = bool(is_first), bool(is_last), bool(terminated)
-        if terminated and not is_last:
-            raise ValueError("terminated=True requires is_last=True")
-        if is_first and self._open_start is not None:
-            raise ValueError(f"is_first step while episode starting at step {self._open_start} "
-                             "is still open: finish it with is_last=True or end_episode()")
-        if not is_first and self._open_start is None:
-            raise ValueError("non-first step without an open episode: the first step of an "
-                             "episode must have is_first=True")
-        imgs = self._check_array("images", images, self.image_shape, image=True)
-        low = self._check_array("low_dim", low_dim, (self.low_dim_size,))
+        if is_first and (action is None or np.size(action) == 0):
+            action = np.zeros(self.action_size, np.float32)
         if is_first:
-            if action is not None and np.size(action) != 0:
-                self._check_array("action", action, (self.action_size,))
-            act = np.zeros(self.action_size, np.float32)
-            rew = 0.0
-        else:
-            act = self._check_array("action", action, (self.action_size,))
-            try:
-                rew = float(reward)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"reward: expected a real scalar, got {reward!r}") from e
-            if not math.isfinite(rew):
-                raise ValueError(f"reward: must be finite, got {rew}")
+            reward = 0.0
+        try:
+            rew = float(reward)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"reward: expected a real scalar, got {reward!r}") from e
+        self.add_steps(
+            np.asarray(images)[None], np.asarray(low_dim)[None],
+            None if action is None else np.asarray(action)[None], np.array([rew]),
+            is_first=is_first, is_last=is_last, terminated=terminated,
+            is_intervention=is_intervention, is_demo=is_demo, sampleable=sampleable)
 
-        g = self._total
-        if g - self.capacity >= self._lo:
-            self._evict_for_write(g)
-        flags = (_FIRST * is_first) | (_LAST * is_last) | (_TERMINATED * terminated)
-        if not is_first:
-            flags |= (_INTERVENTION * bool(is_intervention)) | (_DEMO * bool(is_demo))
-            flags |= _NO_SAMPLE * (not sampleable)
-        ep_start = g if is_first else self._open_start
-        slot = g % self.capacity
-        mm = self._a
-        mm["step_id"][slot] = -1  # invalidate first: a torn slot is never mistaken for valid
-        mm["images"][slot] = imgs
-        mm["low_dim"][slot] = low
-        mm["action"][slot] = act
-        mm["reward"][slot] = rew
-        mm["ep_start"][slot] = ep_start
-        mm["flags"][slot] = flags
-        mm["step_id"][slot] = g
-        self._total = g + 1
-        if flags & _FIRST:  # _count_flags for one step, without numpy
-            self._n_first += 1
-        elif not flags & _NO_SAMPLE:
-            self._n_cand += 1
-            self._n_cand_int += bool(flags & _INTERVENTION)
-            self._n_cand_demo += bool(flags & _DEMO)
-        if is_first:
-            self._episodes_added += 1
-        self._open_start = None if is_last else ep_start
+    def add_steps(
+        self,
+        images: np.ndarray,
+        low_dim: np.ndarray,
+        action: np.ndarray | None,
+        reward: np.ndarray,
+        *,
+        is_first: Any,
+        is_last: Any,
+        terminated: Any,
+        is_intervention: Any = False,
+        is_demo: Any = False,
+        sampleable: Any = True,
+    ) -> None:
+        """Append ``T`` consecutive steps at once: arrays with a leading step axis (images
+        ``(T, V, 3, H, W)``, low_dim ``(T, D)``, action ``(T, A)``, reward ``(T,)``; first
+        steps' actions and rewards are ignored) and flags as ``(T,)`` arrays or scalars. The
+        same as ``T`` calls of :meth:`add_step`, with every step checked before any is
+        written: a refused batch leaves the buffer as it was. One copy per field and ring
+        segment (what bag ingest uses: an episode per call). Not durable until :meth:`flush`.
+        """
+        imgs = np.asarray(images)
+        if imgs.ndim < 1 or imgs.shape[0] < 1:
+            raise ValueError(f"images: expected (T, *{self.image_shape}) with T >= 1, got "
+                             f"shape {imgs.shape}")
+        n = int(imgs.shape[0])
+
+        def flag(name: str, value: Any) -> np.ndarray:
+            arr = np.asarray(value)
+            if arr.dtype != bool and not np.isin(arr, (0, 1)).all():
+                raise ValueError(f"{name}: expected booleans, got {value!r}")
+            try:
+                return np.broadcast_to(arr.astype(bool), (n,))
+            except ValueError:
+                raise ValueError(f"{name}: {arr.shape} values for {n} steps") from None
+
+        first, last, term = flag("is_first", is_first), flag("is_last", is_last), \
+            flag("terminated", terminated)
+        bad = np.flatnonzero(term & ~last)
+        if bad.size:
+            raise ValueError("terminated=True requires is_last=True"
+                             + (f" (step {int(bad[0])} of {n})" if n > 1 else ""))
+        # Step k opens an episode iff none is open before it: the buffer's open episode for
+        # k = 0, else whether step k - 1 closed one.
+        none_open = np.concatenate([[self._open_start is None], last[:-1]])
+        bad = np.flatnonzero(first != none_open)
+        if bad.size:
+            k = int(bad[0])
+            at = f" (step {k} of {n})" if n > 1 else ""
+            if first[k]:
+                start = self._open_start if k == 0 else "earlier in this batch"
+                raise ValueError(f"is_first step while episode starting at step {start} is "
+                                 f"still open: finish it with is_last=True or end_episode()"
+                                 + at)
+            raise ValueError("non-first step without an open episode: the first step of an "
+                             "episode must have is_first=True" + at)
+        imgs = self._check_rows("images", imgs, n, self.image_shape, image=True)
+        low = self._check_rows("low_dim", low_dim, n, (self.low_dim_size,))
+        if action is None and first.all():
+            act = np.zeros((n, self.action_size), np.float32)
+        else:
+            act = self._check_rows("action", action, n, (self.action_size,))
+        try:
+            rew = np.asarray(reward, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"reward: expected real scalars, got {reward!r}") from e
+        if rew.shape != (n,):
+            raise ValueError(f"reward: {rew.shape[0]} values for {n} steps")
+        rew = np.where(first, 0.0, rew).astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(rew))
+        if bad.size:
+            raise ValueError(f"reward: must be finite, got {float(rew[bad[0]])}"
+                             + (f" (step {int(bad[0])} of {n})" if n > 1 else ""))
+        if first.any():
+            act = np.where(first[:, None], np.float32(0), act)
+        mid = ~first  # the transition flags describe a transition ending at the step
+        flags = ((_FIRST * first) | (_LAST * last) | (_TERMINATED * term)
+                 | (_INTERVENTION * (flag("is_intervention", is_intervention) & mid))
+                 | (_DEMO * (flag("is_demo", is_demo) & mid))
+                 | (_NO_SAMPLE * (~flag("sampleable", sampleable) & mid))).astype(np.uint8)
+        ids = self._total + np.arange(n, dtype=np.int64)
+        starts = np.maximum.accumulate(np.where(first, ids, -1))
+        if self._open_start is not None:
+            starts[starts < 0] = self._open_start
+
+        mm, cap, k = self._a, self.capacity, 0
+        while k < n:  # ring segments: contiguous slots, evicting (and flushing) as needed
+            g = self._total
+            if g - cap >= self._lo:
+                self._evict_for_write(g)
+            slot = g % cap
+            m = min(n - k, self._lo + cap - g, cap - slot)
+            dst, src = slice(slot, slot + m), slice(k, k + m)
+            mm["step_id"][dst] = -1  # invalidate first: a torn slot is never taken for valid
+            if m >= _PWRITE_ROWS:
+                self._pwrite_rows("images", slot, imgs[src])
+            else:
+                mm["images"][dst] = imgs[src]
+            mm["low_dim"][dst] = low[src]
+            mm["action"][dst] = act[src]
+            mm["reward"][dst] = rew[src]
+            mm["ep_start"][dst] = starts[src]
+            mm["flags"][dst] = flags[src]
+            mm["step_id"][dst] = ids[src]
+            self._total = g + m
+            self._count_flags(flags[src], +1)
+            self._episodes_added += int(np.count_nonzero(first[src]))
+            k += m
+            self._open_start = None if last[k - 1] else int(starts[k - 1])
+
+    def _pwrite_rows(self, name: str, slot: int, rows: np.ndarray) -> None:
+        """Write whole rows of a ring file at ``slot`` through its descriptor: the same
+        page-cache pages the memmap shows, without a page fault per 4 KB of a fresh ring."""
+        mm = self._mm[name]
+        data = memoryview(np.ascontiguousarray(rows, dtype=mm.dtype)).cast("B")
+        offset = mm.offset + slot * mm.strides[0]
+        while data:
+            written = os.pwrite(self._fds[name], data, offset)
+            data, offset = data[written:], offset + written
 
     def _evict_for_write(self, g: int) -> None:
         """Drop the oldest ``evict_chunk`` steps, then flush.
