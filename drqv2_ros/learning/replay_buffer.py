@@ -589,21 +589,70 @@ class ReplayBuffer:
         ignored and ``is_intervention``/``is_demo``/``sampleable`` are not stored (they describe
         the transition ending at this step, and there is none). ``sampleable=False`` keeps the
         transition ``(o_{k-1}, a_{k-1}) -> o_k`` out of :meth:`sample` (context-only steps, see
-        :class:`MixedReplay`). Not durable until :meth:`flush`. :meth:`add_steps` of one step.
+        :class:`MixedReplay`). Not durable until :meth:`flush`. The same as :meth:`add_steps`
+        of one step (tested), without its array bookkeeping.
         """
-        if is_first and (action is None or np.size(action) == 0):
-            action = np.zeros(self.action_size, np.float32)
+        is_first, is_last, terminated = bool(is_first), bool(is_last), bool(terminated)
+        if terminated and not is_last:
+            raise ValueError("terminated=True requires is_last=True")
+        if is_first and self._open_start is not None:
+            raise ValueError(f"is_first step while episode starting at step {self._open_start} "
+                             "is still open: finish it with is_last=True or end_episode()")
+        if not is_first and self._open_start is None:
+            raise ValueError("non-first step without an open episode: the first step of an "
+                             "episode must have is_first=True")
+        imgs = self._check_one("images", images, self.image_shape, image=True)
+        low = self._check_one("low_dim", low_dim, (self.low_dim_size,))
         if is_first:
-            reward = 0.0
-        try:
-            rew = float(reward)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"reward: expected a real scalar, got {reward!r}") from e
-        self.add_steps(
-            np.asarray(images)[None], np.asarray(low_dim)[None],
-            None if action is None else np.asarray(action)[None], np.array([rew]),
-            is_first=is_first, is_last=is_last, terminated=terminated,
-            is_intervention=is_intervention, is_demo=is_demo, sampleable=sampleable)
+            if action is not None and np.size(action) != 0:
+                self._check_one("action", action, (self.action_size,))
+            act = np.zeros(self.action_size, np.float32)
+            rew = 0.0
+        else:
+            act = self._check_one("action", action, (self.action_size,))
+            try:
+                rew = float(reward)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"reward: expected a real scalar, got {reward!r}") from e
+            if not math.isfinite(rew):
+                raise ValueError(f"reward: must be finite, got {rew}")
+
+        # One step: the per-field writes of add_steps' ring segments, with scalars (the live
+        # learner's path, one call per received step; tested equal to add_steps).
+        g = self._total
+        if g - self.capacity >= self._lo:
+            self._evict_for_write(g)
+        flags = (_FIRST * is_first) | (_LAST * is_last) | (_TERMINATED * terminated)
+        if not is_first:
+            flags |= (_INTERVENTION * bool(is_intervention)) | (_DEMO * bool(is_demo))
+            flags |= _NO_SAMPLE * (not sampleable)
+        ep_start = g if is_first else self._open_start
+        slot = g % self.capacity
+        mm = self._a
+        mm["step_id"][slot] = -1  # invalidate first: a torn slot is never mistaken for valid
+        mm["images"][slot] = imgs
+        mm["low_dim"][slot] = low
+        mm["action"][slot] = act
+        mm["reward"][slot] = rew
+        mm["ep_start"][slot] = ep_start
+        mm["flags"][slot] = flags
+        mm["step_id"][slot] = g
+        self._total = g + 1
+        if flags & _FIRST:  # _count_flags for one step, without numpy
+            self._n_first += 1
+        elif not flags & _NO_SAMPLE:
+            self._n_cand += 1
+            self._n_cand_int += bool(flags & _INTERVENTION)
+            self._n_cand_demo += bool(flags & _DEMO)
+        if is_first:
+            self._episodes_added += 1
+        self._open_start = None if is_last else ep_start
+
+    def _check_one(self, name: str, value: Any, shape: tuple[int, ...], *,
+                   image: bool = False) -> np.ndarray:
+        """:meth:`_check_rows` of one row."""
+        rows = None if value is None else np.asarray(value)[None]
+        return self._check_rows(name, rows, 1, shape, image=image)[0]
 
     def add_steps(
         self,
