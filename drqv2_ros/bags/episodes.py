@@ -1,6 +1,7 @@
 """Demonstration bags -> complete episodes: the shapes a consumer expects, the Step codec
-(with the bag's own definition where it differs), and assembly of steps into episodes
-(index 0 ``is_first`` ... ``is_last``, no gaps), with every skip and loss reported.
+(straight from the CDR bytes for this package's definition, the bag's own definition through
+a deserialiser where it differs), and assembly of steps into episodes (index 0 ``is_first``
+... ``is_last``, no gaps) as arrays, with every skip and loss reported.
 
 Read through :mod:`drqv2_ros.bags.reader`; used by ingest (replay buffer) and export
 (LeRobot dataset) alike.

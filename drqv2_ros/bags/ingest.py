@@ -4,11 +4,12 @@
     summary = ingest_bags([...], offline_buffer)          # what the learner node calls
 
 Reads ``drqv2_ros/msg/Step`` messages from rosbag2 bags (mcap or sqlite3, written by
-``ros2 bag record`` or ``drqv2-ros record``), decodes them with the same codec the learner uses
-live (:func:`drqv2_ros.observation.step_record.from_msg`), groups them into episodes and adds
-the complete episodes, in bag order (= episode order), to a
-:class:`~drqv2_ros.learning.replay_buffer.ReplayBuffer`. Deterministic: the same bags give
-the same buffer contents.
+``ros2 bag record`` or ``drqv2-ros record``), decodes them with the codec the learner uses
+live (:mod:`drqv2_ros.observation.step_record`: the same checks, the same bits), groups them
+into episodes and adds the complete episodes, in bag order (= episode order), to a
+:class:`~drqv2_ros.learning.replay_buffer.ReplayBuffer`, one ``add_steps`` per episode,
+durable at the end (one flush: an ingest killed half way leaves the buffer as it was, unless
+the ring had to evict meanwhile). Deterministic: the same bags give the same buffer contents.
 
 Bad input is refused or salvaged, never silently half-used:
   * a bag without the ``step`` topic is refused, naming it (and what the bag has);
