@@ -556,3 +556,20 @@ def test_write_back_is_not_durable_before_flush_and_its_error_surfaces(tmp_path,
     rb.flush()
     assert json.loads((tmp_path / "b" / "state.json").read_text())["total"] == len(steps)
     rb.close()
+
+
+def test_write_back_never_hangs_a_closed_buffer(tmp_path):
+    import threading
+
+    rb = make_rb(tmp_path / "b")
+    rb.write_back()
+    rb.close()
+    done = threading.Event()
+
+    def late_calls():
+        rb.write_back()  # after close: ignored, not queued for a thread that has stopped
+        rb._write_back.settle()
+        done.set()
+
+    threading.Thread(target=late_calls, daemon=True).start()
+    assert done.wait(10), "settle() waited for a write-back nobody will run"

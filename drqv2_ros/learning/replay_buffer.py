@@ -99,6 +99,8 @@ class _WriteBack:
 
     def request(self) -> None:
         with self._cv:
+            if self._stopping:  # the buffer is closed
+                return
             self._requested = True
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True,
@@ -132,7 +134,7 @@ class _WriteBack:
                 self._requested, self._busy = False, True
             try:
                 os.fdatasync(self._fd)
-            except OSError as exc:  # raised on the writer's thread, at its next flush
+            except Exception as exc:  # raised on the writer's thread, at its next flush
                 with self._cv:
                     self._error = exc
             finally:
