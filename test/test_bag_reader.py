@@ -177,3 +177,23 @@ def test_a_malformed_record_inside_a_chunk_skips_that_chunk(tmp_path, damage):
     eps, rep = _episodes(bad)
     assert 0 < len(eps) < 6
     assert any("bad.mcap" in m and "malformed records inside" in m for m in rep.lost), rep.lost
+
+
+def test_an_episode_that_never_ends_cannot_exhaust_memory(tmp_path):
+    """Frames of an open episode are held until its last step: past
+    ``ReadLimits.max_episode_bytes`` the episode is skipped (its memory freed, its further
+    steps dropped as they come) and the other episodes are read."""
+    records = synthetic_episodes(3, 40, h=24, w=24)
+    p = write_mcap(tmp_path / "long.mcap", records)
+    frame = 3 * 24 * 24
+    info = open_bag(p, ReadLimits(max_episode_bytes=32 * frame))
+    from drqv2_ros.bags.episodes import ReadReport, check_bags
+
+    report = ReadReport()
+    checked = check_bags([p])
+    checked = [(info, topic, first) for _i, topic, first in checked]
+    eps = list(read_episodes([p], report=report, checked=checked))
+    assert eps == [] and report.dropped_steps == 3 * 41
+    assert all("ReadLimits.max_episode_bytes" in s for s in report.skipped), report.skipped
+    info = open_bag(p, ReadLimits(max_episode_bytes=64 * frame))  # 41 steps fit in 64
+    assert len(list(read_episodes([p], checked=[(info, "/step", None)]))) == 3

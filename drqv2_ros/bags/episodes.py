@@ -165,8 +165,10 @@ class _Assembler:
     """Steps of one bag -> complete episodes (index 0 ``is_first`` ... ``is_last``, no gaps),
     each decoded by a :class:`StepStack` (a step it refuses skips its episode)."""
 
-    def __init__(self, bag: str, report: ReadReport, action_size: int | None = None):
+    def __init__(self, bag: str, report: ReadReport, action_size: int | None = None,
+                 max_episode_bytes: int | None = None):
         self.bag, self.report, self.action_size = bag, report, action_size
+        self.max_episode_bytes = max_episode_bytes
         self.open: dict[int, StepStack] = {}
         self.length_hint = 64  # the last episode's length: the next one's first allocation
         self.poisoned: dict[int, str] = {}
@@ -223,6 +225,13 @@ class _Assembler:
             steps.append(rec)  # its frames are copied now, while in the cache
         except StepFormatError as exc:
             self.poison(ep, f"invalid step: {exc}")
+            return None
+        if self.max_episode_bytes is not None and steps.nbytes > self.max_episode_bytes:
+            del self.open[ep]  # its memory goes now; the rest of it is dropped as it comes
+            reason = (f"its frames pass {self.max_episode_bytes} bytes after {len(steps)} "
+                      "steps without is_last (ReadLimits.max_episode_bytes)")
+            self._skip(ep, reason, len(steps))
+            self.poisoned[ep] = reason
             return None
         if rec.is_last:
             del self.open[ep]
@@ -306,7 +315,8 @@ def read_episodes(
         typestore, note = _step_typestore(info, topic)
         if note:
             report.notes.append(f"{info.name}: {note}")
-        asm = _Assembler(info.name, report, expect.get("action_size"))
+        asm = _Assembler(info.name, report, expect.get("action_size"),
+                         info.limits.max_episode_bytes)
         total = info.topics[topic].count
         read = 0
         with tqdm(total=total or None, unit="step", desc=info.name, disable=not progress,

@@ -56,6 +56,11 @@ class ReadLimits:
     max_record_bytes: int = 1 << 30
     #: metadata.yaml larger than this is ignored (only a cross-check is lost).
     max_metadata_bytes: int = 16 << 20
+    #: An episode is held in memory until its last step; one whose frames pass this is
+    #: skipped (a bag whose episode never ends cannot exhaust memory; the frame array grows
+    #: by doubling, so the peak is ~2x this). 1 GiB: 50,000 steps of one 84x84 view, 1.4
+    #: hours at 10 Hz.
+    max_episode_bytes: int = 1 << 30
 
 
 DEFAULT_READ_LIMITS = ReadLimits()

@@ -465,6 +465,11 @@ class StepStack:
     def last(self) -> StepFields:
         return self.steps[-1]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of frame memory held (the array's capacity, which grows by doubling)."""
+        return 0 if self._images is None else int(self._images.nbytes)
+
     def append(self, step: StepFields) -> None:
         """Add a checked step; :class:`StepFormatError` if its frames differ in shape from
         the first step's."""
