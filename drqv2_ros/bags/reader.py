@@ -263,8 +263,7 @@ def _mcap_records(f: Path, info: BagInfo, topic: str | None = None) -> Iterator[
                 _note(info, f, f"cut short at byte {pos}: record 0x{op:02x} announces "
                                f"{length} bytes, {size - start} present")
                 if op == _OP_CHUNK and length <= limits.max_record_bytes:
-                    yield from (r for r in _cut_chunk(fh.read(size - start), f, info)
-                                if _wanted(r, topic, keep))
+                    yield from _cut_chunk(fh.read(size - start), f, info, topic, keep)
                 return
             if op in (_OP_FOOTER, _OP_DATA_END):
                 return  # the summary follows: everything was read
@@ -385,32 +384,45 @@ def _chunk(chunk, f: Path, pos: int, info: BagInfo, topic: str | None = None,
         raise _Skip(f"malformed records inside ({type(exc).__name__}: {exc})") from None
 
 
-def _chunk_records(raw: bytes, topic: str | None, keep: set[int] | None
-                   ) -> Iterator[tuple]:
+def _chunk_records(raw: bytes, topic: str | None, keep: set[int] | None, *,
+                   cut: bool = False) -> Iterator[tuple]:
     """The records of an inflated chunk (a chunk holds schema, channel and message records
     only). Messages are framed here from their fixed fields, without a record object each:
     a chunk of a camera bag holds thousands, and the ones of other channels are skipped
-    without a copy. Schemas and channels are read with the ``mcap`` library's records."""
+    without a copy. Schemas and channels are read with the ``mcap`` library's records.
+    A malformed record raises (the chunk is skipped), except with ``cut`` (the data of a
+    chunk the file's end cuts): then the records before the cut are given and a malformed
+    one is passed over."""
     pos, end, view = 0, len(raw), memoryview(raw)
     head, fields = _HEAD.unpack_from, _MESSAGE_FIELDS.unpack_from
     while pos < end:
         if pos + _HEAD.size > end:
+            if cut:
+                return
             raise ValueError(f"a record header overruns the chunk at byte {pos}")
         op, length = head(raw, pos)
         body = pos + _HEAD.size
         pos = body + length
         if pos > end:
+            if cut:
+                return
             raise ValueError(f"record 0x{op:02x} at byte {body - _HEAD.size} overruns the "
                              f"chunk ({length} bytes announced, {end - body} left)")
         if op == _OP_MESSAGE:
             if length < _MESSAGE_FIELDS.size:
+                if cut:
+                    continue
                 raise ValueError(f"message record of {length} bytes")
             channel, _seq, log_time, _pub = fields(raw, body)
             if keep is None or channel in keep:
                 yield ("message", channel, log_time, view[body + _MESSAGE_FIELDS.size:pos])
         elif op in (_OP_SCHEMA, _OP_CHANNEL):
-            rec = _as_tuple(_read_record(op, _stream(view[body:pos]),
-                                         length))
+            try:
+                rec = _as_tuple(_read_record(op, _stream(view[body:pos]), length))
+            except Exception:
+                if not cut:
+                    raise
+                continue
             if _wanted(rec, topic, keep):
                 yield rec
 
@@ -427,9 +439,9 @@ def _as_tuple(r) -> tuple | None:
     return None
 
 
-def _cut_chunk(body: bytes, f: Path, info: BagInfo) -> Iterator[tuple]:
+def _cut_chunk(body: bytes, f: Path, info: BagInfo, topic: str | None,
+               keep: set[int] | None) -> Iterator[tuple]:
     """The whole records of an uncompressed chunk that the file's end cuts."""
-
     try:
         stream = _stream(body)
         for _ in range(3):
@@ -443,20 +455,7 @@ def _cut_chunk(body: bytes, f: Path, info: BagInfo) -> Iterator[tuple]:
     if compression != "":
         _note(info, f, f"the cut chunk is {compression}-compressed: its messages are lost")
         return
-    pos = 0
-    while pos + _HEAD.size <= len(data):
-        op, length = _HEAD.unpack_from(data, pos)
-        if pos + _HEAD.size + length > len(data):
-            return
-        try:
-            rec = _as_tuple(_read_record(op, _stream(
-                data[pos + _HEAD.size:pos + _HEAD.size + length]), length)
-                ) if op in (_OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE) else None
-        except Exception:
-            rec = None
-        if rec is not None:
-            yield rec
-        pos += _HEAD.size + length
+    yield from _chunk_records(data, topic, keep, cut=True)
 
 
 # ---- SQLite ----------------------------------------------------------------------------
