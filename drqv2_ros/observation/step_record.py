@@ -162,8 +162,7 @@ def _image_hwc(enc: str, h: int, w: int, step: int, data: Any, view: int
         raise StepFormatError(f"images[{view}]: empty image {h}x{w}")
     if step < 3 * w:
         raise StepFormatError(f"images[{view}]: step {step} < width*3 = {3 * w}")
-    buf = (data if type(data) is np.ndarray and data.dtype == np.uint8 and data.ndim == 1
-           else _as_uint8(data, f"images[{view}]"))
+    buf = _as_uint8(data, f"images[{view}]")
     if buf.size != h * step:
         raise StepFormatError(f"images[{view}]: data has {buf.size} bytes, expected "
                               f"{h * step} ({h} rows x step {step})")
@@ -192,9 +191,6 @@ class StepFields(NamedTuple):
 
     def where(self) -> str:
         return f"step episode {self.episode} index {self.index}"
-
-
-_new_fields = tuple.__new__
 
 
 def check_step(
@@ -354,9 +350,9 @@ def _checked(stamp_ns: int, episode: int, index: int, is_first: bool, is_last: b
                        f"{tuple(image_shape)}")
     if low_dim_size is not None and n_low != low_dim_size:
         raise fail(f"low_dim size {n_low}, expected {low_dim_size}")
-    return _new_fields(StepFields, (  # tuple.__new__: what StepFields(...) does, in C
-        episode, index, stamp_ns, is_first, is_last, terminated, reward, is_intervention,
-        is_demo, views, tuple([im[5] for im in images]), low_dim_in, action_in))
+    return StepFields(episode, index, stamp_ns, is_first, is_last, terminated, reward,
+                      is_intervention, is_demo, views, tuple([im[5] for im in images]),
+                      low_dim_in, action_in)
 
 
 @dataclass
@@ -543,8 +539,6 @@ def from_msg(
     episode) decodes through the same two halves, to the same bits."""
     fields = check_step(msg, image_shape=image_shape, low_dim_size=low_dim_size,
                         action_size=action_size)
-    if action_size is None:
-        action_size = 0 if fields.is_first else _length(fields.action, "action")
     return stack_steps([fields], action_size).record(0)
 
 
