@@ -178,10 +178,12 @@ class _Assembler:
         self.report.skipped.append(f"{self.bag}: episode {episode}: {reason}")
         self.report.dropped_steps += steps
 
-    def poison(self, episode: int, reason: str) -> None:
+    def poison(self, episode: int, reason: str, held: bool = False) -> None:
+        """Skip ``episode`` for ``reason`` and drop its later steps as they come. The step
+        at hand is counted too: on top of the open ones, unless it is ``held`` among them."""
         steps = self.open.pop(episode, ())
         if episode not in self.poisoned:
-            self._skip(episode, reason, len(steps) + 1)
+            self._skip(episode, reason, len(steps) + (not held))
             self.poisoned[episode] = reason
         else:
             self.report.dropped_steps += 1
@@ -227,11 +229,9 @@ class _Assembler:
             self.poison(ep, f"invalid step: {exc}")
             return None
         if self.max_episode_bytes is not None and steps.nbytes > self.max_episode_bytes:
-            del self.open[ep]  # its memory goes now; the rest of it is dropped as it comes
-            reason = (f"its frames pass {self.max_episode_bytes} bytes after {len(steps)} "
-                      "steps without is_last (ReadLimits.max_episode_bytes)")
-            self._skip(ep, reason, len(steps))
-            self.poisoned[ep] = reason
+            self.poison(ep, f"its frames pass {self.max_episode_bytes} bytes after "
+                            f"{len(steps)} steps without is_last (ReadLimits.max_episode_bytes)",
+                        held=True)  # its memory goes now; the rest is dropped as it comes
             return None
         if rec.is_last:
             del self.open[ep]
