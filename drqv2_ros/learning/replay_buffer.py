@@ -377,6 +377,10 @@ class ReplayBuffer:
         self._write_back = _WriteBack(self._fds["images"])
 
     def _close_fds(self) -> None:
+        """Stop the write-back thread, then close the descriptors it and flush use."""
+        write_back = getattr(self, "_write_back", None)
+        if write_back is not None:
+            write_back.stop()
         for fd in getattr(self, "_fds", {}).values():
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -396,9 +400,6 @@ class ReplayBuffer:
             if getattr(self, "_mm", None) and self._lock_fd is not None:
                 self.flush()
         finally:
-            write_back = getattr(self, "_write_back", None)
-            if write_back is not None:
-                write_back.stop()
             self._close_fds()
             self._mm, self._a = {}, {}
             self._release_lock()
@@ -411,9 +412,6 @@ class ReplayBuffer:
 
     def __del__(self) -> None:
         try:
-            write_back = getattr(self, "_write_back", None)
-            if write_back is not None:
-                write_back.stop()
             self._close_fds()
             self._release_lock()
         except Exception:
@@ -597,12 +595,8 @@ class ReplayBuffer:
         is_first, is_last, terminated = bool(is_first), bool(is_last), bool(terminated)
         if terminated and not is_last:
             raise ValueError("terminated=True requires is_last=True")
-        if is_first and self._open_start is not None:
-            raise ValueError(f"is_first step while episode starting at step {self._open_start} "
-                             "is still open: finish it with is_last=True or end_episode()")
-        if not is_first and self._open_start is None:
-            raise ValueError("non-first step without an open episode: the first step of an "
-                             "episode must have is_first=True")
+        if is_first != (self._open_start is None):
+            raise self._order_error(is_first, self._open_start)
         imgs = self._check_one("images", images, self.image_shape, image=True)
         low = self._check_one("low_dim", low_dim, (self.low_dim_size,))
         if is_first:
@@ -649,6 +643,16 @@ class ReplayBuffer:
         if is_first:
             self._episodes_added += 1
         self._open_start = None if is_last else ep_start
+
+    @staticmethod
+    def _order_error(is_first: bool, open_start: Any, at: str = "") -> ValueError:
+        """A step that does not fit the episode order: a first step while ``open_start``'s
+        episode is open, or a later step while none is."""
+        if is_first:
+            return ValueError(f"is_first step while episode starting at step {open_start} is "
+                              f"still open: finish it with is_last=True or end_episode(){at}")
+        return ValueError("non-first step without an open episode: the first step of an "
+                          f"episode must have is_first=True{at}")
 
     def _check_one(self, name: str, value: Any, shape: tuple[int, ...], *,
                    image: bool = False) -> np.ndarray:
@@ -704,14 +708,9 @@ class ReplayBuffer:
         bad = np.flatnonzero(first != none_open)
         if bad.size:
             k = int(bad[0])
-            at = f" (step {k} of {n})" if n > 1 else ""
-            if first[k]:
-                start = self._open_start if k == 0 else "earlier in this batch"
-                raise ValueError(f"is_first step while episode starting at step {start} is "
-                                 f"still open: finish it with is_last=True or end_episode()"
-                                 + at)
-            raise ValueError("non-first step without an open episode: the first step of an "
-                             "episode must have is_first=True" + at)
+            raise self._order_error(bool(first[k]), self._open_start if k == 0 else
+                                    "earlier in this batch", f" (step {k} of {n})" if n > 1
+                                    else "")
         imgs = self._check_rows("images", imgs, n, self.image_shape, image=True)
         low = self._check_rows("low_dim", low_dim, n, (self.low_dim_size,))
         if action is None and first.all():
