@@ -274,10 +274,14 @@ def test_bytes_decoder_and_deserialiser_ingest_the_same(tmp_path, monkeypatch):
         fast = ingest_bags([bag], buf)
         a = {k: np.array(v) for k, v in buf._a.items()}
 
-    def refuse(raw, **_kw):
-        raise UndecodableStepError("forced")
+    class Refuse:
+        def __init__(self, **_kw):
+            pass
 
-    monkeypatch.setattr(ep_mod, "check_step_cdr", refuse)
+        def __call__(self, raw):
+            raise UndecodableStepError("forced")
+
+    monkeypatch.setattr(ep_mod, "StepCdrDecoder", Refuse)
     with new_buffer(tmp_path / "slow") as buf:
         slow = ingest_bags([bag], buf)
         b = {k: np.array(v) for k, v in buf._a.items()}

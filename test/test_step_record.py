@@ -202,7 +202,8 @@ def test_cdr_decoder_equals_the_deserialiser_bit_for_bit():
     message give the same fields and, stacked, the same arrays, over the layouts that move
     CDR alignment."""
     from drqv2_ros.bags.typestore import STEP_TYPE
-    from drqv2_ros.observation.step_record import check_step, check_step_cdr, stack_steps
+    from drqv2_ros.observation.step_cdr import check_step_cdr
+    from drqv2_ros.observation.step_record import check_step, stack_steps
 
     rng = np.random.default_rng(1)
     for case in range(120):
@@ -227,7 +228,8 @@ def test_cdr_decoder_equals_the_deserialiser_bit_for_bit():
 
 
 def test_cdr_decoder_refuses_bytes_that_are_not_a_step():
-    from drqv2_ros.observation.step_record import UndecodableStepError, check_step_cdr
+    from drqv2_ros.observation.step_cdr import check_step_cdr
+    from drqv2_ros.observation.step_record import UndecodableStepError
 
     rng = np.random.default_rng(2)
     _ts, _msg, raw = rosbags_step(rng, index=3, views=2, h=3, w=4, pad=1, fids=["a", "bc", ""],
@@ -251,7 +253,8 @@ def test_cdr_decoder_refuses_bytes_that_are_not_a_step():
 
 
 def test_cdr_decoder_applies_the_same_checks():
-    from drqv2_ros.observation.step_record import check_step_cdr, stack_steps
+    from drqv2_ros.observation.step_cdr import check_step_cdr
+    from drqv2_ros.observation.step_record import stack_steps
 
     rng = np.random.default_rng(3)
     ts, msg, raw = rosbags_step(rng, index=2, views=1, h=4, w=4, pad=0, fids=["", ""],
@@ -269,6 +272,73 @@ def test_cdr_decoder_applies_the_same_checks():
     msg.images[0].encoding = "bgr8"
     with pytest.raises(StepFormatError, match="encoding 'bgr8'"):
         check_step_cdr(bytes(ts.serialize_cdr(msg, STEP_TYPE)))
+
+
+def test_cdr_decoder_memory_changes_nothing(monkeypatch):
+    """A StepCdrDecoder that knows the layouts of earlier messages reads every later one to
+    the same fields, or the same error, as a fresh walk of its bytes: over runs of messages
+    that share a layout (with values that fail the checks among them), layouts that change,
+    near-matches (another encoding of the same length), and random corruptions of messages
+    of a known layout. And it does take the short path for most of them."""
+    from drqv2_ros.bags.typestore import STEP_TYPE
+    from drqv2_ros.observation import step_cdr
+    from drqv2_ros.observation.step_cdr import StepCdrDecoder, check_step_cdr
+    from drqv2_ros.observation.step_record import UndecodableStepError
+
+    def outcome(decode, raw):
+        try:
+            f = decode(raw)
+        except (UndecodableStepError, StepFormatError) as exc:
+            return type(exc).__name__, str(exc)
+        return (f[:9], f.frame_ids, [(v.shape, v.tobytes()) for v in f.views],
+                f.low_dim.tobytes(), f.action.tobytes())
+
+    rng = np.random.default_rng(4)
+    messages = []
+    for case in range(24):  # a layout, then a run of messages of it
+        views, low, act = 1 + case % 3, int(rng.integers(0, 6)), int(rng.integers(0, 5))
+        geometry = dict(views=views, h=int(rng.integers(1, 5)), w=int(rng.integers(1, 5)),
+                        pad=int(rng.integers(0, 4)), low=low,
+                        fids=["f" * int(rng.integers(0, 4)) for _ in range(views + 1)])
+        for k in range(8):
+            index = 0 if k == 0 else k
+            ts, msg, raw = rosbags_step(rng, index=index, act=0 if index == 0 else act,
+                                        **geometry)
+            change = k % 4
+            if change == 1:
+                msg.reward = float(rng.choice([np.nan, np.inf]))
+            elif change == 2:
+                msg.terminated, msg.is_last = True, False
+            elif change == 3 and k % 8 == 7:
+                msg.is_first = True  # at index 7
+            if k == 5:
+                msg.images[0].encoding = "bgr8"  # the same size, another string
+            raw = bytes(ts.serialize_cdr(msg, STEP_TYPE))
+            messages.append(raw)
+            for _ in range(3):  # corruptions of a message of a known layout
+                b = bytearray(raw)
+                for pos in rng.integers(0, len(b), int(rng.integers(1, 4))):
+                    b[pos] = int(rng.integers(0, 256))
+                messages.append(bytes(b))
+    walks = []
+    real_walk = step_cdr._walk
+    monkeypatch.setattr(step_cdr, "_walk", lambda raw: walks.append(1) or real_walk(raw))
+    for shapes in ({}, {"action_size": 3, "low_dim_size": 2}):
+        decoder, results, short = StepCdrDecoder(**shapes, max_layouts=4), [], []
+        for raw in messages:
+            walks[:] = []
+            results.append(outcome(decoder, raw))
+            if not walks:
+                short.append(results[-1])
+        fresh = [outcome(lambda r: check_step_cdr(r, **shapes), raw) for raw in messages]
+        for k, (a, b) in enumerate(zip(results, fresh)):
+            assert a == b, (shapes, k)
+        # the short path read some, and refused some of those (their values); with
+        # expected shapes few layouts fit, so fewer are accepted and remembered
+        assert len(short) > (100 if not shapes else 5), len(short)
+        if not shapes:
+            assert 20 < sum(r[0] == "StepFormatError" for r in short) < len(short) - 20
+        assert len({r[0] for r in results if isinstance(r[0], str)}) == 2  # both errors seen
 
 
 @pytest.mark.parametrize("pad", [0, 5])

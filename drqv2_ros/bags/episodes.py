@@ -18,6 +18,7 @@ from typing import Any
 
 from drqv2_ros.bags.reader import BagError, BagInfo, iter_topic, open_bag
 from drqv2_ros.bags.typestore import STEP_TYPE, project_typestore
+from drqv2_ros.observation.step_cdr import StepCdrDecoder
 from drqv2_ros.observation.step_record import (
     StepBatch,
     StepFields,
@@ -26,7 +27,6 @@ from drqv2_ros.observation.step_record import (
     StepStack,
     UndecodableStepError,
     check_step,
-    check_step_cdr,
     from_msg,
 )
 
@@ -317,6 +317,7 @@ def read_episodes(
             report.notes.append(f"{info.name}: {note}")
         asm = _Assembler(info.name, report, expect.get("action_size"),
                          info.limits.max_episode_bytes)
+        decode = StepCdrDecoder(**expect)
         total = info.topics[topic].count
         read = 0
         with tqdm(total=total or None, unit="step", desc=info.name, disable=not progress,
@@ -328,7 +329,7 @@ def read_episodes(
                     try:  # our definition, little endian: straight from the bytes
                         if note:
                             raise UndecodableStepError("the bag's own definition")
-                        rec = check_step_cdr(raw, **expect)
+                        rec = decode(raw)
                     except UndecodableStepError:  # a deserialiser for anything else
                         rec = check_step(typestore.deserialize_cdr(bytes(raw), STEP_TYPE),
                                          **expect)

@@ -5,8 +5,10 @@ Decoding has two halves: :func:`check_step` reads one message and checks what ca
 per message (flags, image geometry, sizes) without copying, and :func:`stack_steps` turns a
 run of checked steps into arrays (float conversion, finite checks, the CHW copy) in one go.
 The learner node decodes each live ``step`` message with :func:`from_msg` (both halves for
-one step); bag ingest stacks a whole recorded episode at once. Same code, same bits: a
-transition rebuilt from a bag is bit-identical to the one the learner saw live.
+one step); bag ingest reads each recorded message straight from its bytes
+(:mod:`drqv2_ros.observation.step_cdr`, the same checks) and stacks a whole episode at once.
+Same code, same bits: a transition rebuilt from a bag is bit-identical to the one the learner
+saw live.
 
 No ROS import: :func:`from_msg` is duck-typed. It reads an rclpy ``drqv2_ros.msg.Step``
 (``uint8[]`` data as ``array.array``, ``float32[]`` as ``array.array('f')``) and a
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import array
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -30,8 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = ["StepBatch", "StepFields", "StepFormatError", "StepRecord", "StepStack",
-           "UndecodableStepError", "check_step", "check_step_cdr", "from_msg", "stack_steps",
-           "to_msg"]
+           "UndecodableStepError", "check_step", "from_msg", "stack_steps", "to_msg"]
 
 #: The only image encoding a policy-ready frame may have.
 POLICY_ENCODING = "rgb8"
@@ -166,6 +166,11 @@ def _image_hwc(enc: str, h: int, w: int, step: int, data: Any, view: int
     if buf.size != h * step:
         raise StepFormatError(f"images[{view}]: data has {buf.size} bytes, expected "
                               f"{h * step} ({h} rows x step {step})")
+    return _hwc(buf, h, w, step)
+
+
+def _hwc(buf: np.ndarray, h: int, w: int, step: int) -> np.ndarray:
+    """``h`` rows of ``step`` bytes (rgb8, maybe padded) as an (H, W, 3) view."""
     return (buf.reshape(h, w, 3) if step == 3 * w
             else buf.reshape(h, step)[:, : 3 * w].reshape(h, w, 3))
 
@@ -223,88 +228,36 @@ def check_step(
                     image_shape, low_dim_size, action_size)
 
 
-_CDR_LE = b"\x00\x01"  # encapsulation: plain CDR, little endian
-_TIME_LEN = struct.Struct("<iII")  # header stamp (sec, nanosec), frame_id length
-_IDS = struct.Struct("<II???")  # episode, index, is_first, is_last, terminated
-_U32 = struct.Struct("<I")
-_U32X2 = struct.Struct("<II")
-_U32X3 = struct.Struct("<III")
-_TAIL = struct.Struct("<f??")  # reward, is_intervention, is_demo
-_RGB8_CDR = POLICY_ENCODING.encode() + b"\x00"
-_F32_LE = np.dtype("<f4")  # float32 on the hosts ROS 2 runs on (stacking converts elsewhere)
+def _fail(episode: int, index: int, reason: str) -> StepFormatError:
+    return StepFormatError(f"step episode {episode} index {index}: {reason}", episode)
 
 
-def check_step_cdr(
-    raw: bytes,
-    *,
-    image_shape: tuple[int, int, int, int] | None = None,
-    low_dim_size: int | None = None,
-    action_size: int | None = None,
-) -> StepFields:
-    """:func:`check_step` of a serialized Step (little-endian CDR, this package's
-    ``msg/Step.msg``, as rosbag2 stores it): the fields are read straight from the bytes,
-    the arrays are views of them, and the same checks follow. What a bag holds, at a
-    fraction of the cost of building message objects first (the results are the same, bit
-    for bit: tested against the ``rosbags`` deserialiser). Raises
-    :class:`UndecodableStepError` for bytes that are not such a Step (truncated, garbage,
-    big endian: decode those with a deserialiser), :class:`StepFormatError` for a Step that
-    fails the checks."""
-    n = len(raw)
-    try:
-        if raw[:2] != _CDR_LE:
-            raise ValueError(f"encapsulation {bytes(raw[:4]).hex()} is not little-endian CDR")
-        # CDR aligns each primitive to its size, counted from the end of the 4-byte
-        # encapsulation header: ``pos += -(pos - 4) % 4`` pads to the next 4-byte boundary.
-        sec, nanosec, length = _TIME_LEN.unpack_from(raw, 4)
-        if length == 0 or raw[15 + length] != 0:  # the header's frame id (not kept)
-            raise ValueError(f"bad header frame id of {length} bytes")
-        pos = 16 + length
-        pos += -(pos - 4) % 4
-        episode, index, is_first, is_last, terminated = _IDS.unpack_from(raw, pos)
-        pos += _IDS.size
-        pos += -(pos - 4) % 4
-        (count,), pos = _U32.unpack_from(raw, pos), pos + 4
-        images = []
-        for _ in range(count):
-            pos += -(pos - 4) % 4
-            _s, _ns, length = _TIME_LEN.unpack_from(raw, pos)
-            pos += 12
-            frame_id = _cdr_string(raw, pos, length)
-            pos += length
-            pos += -(pos - 4) % 4
-            h, w, length = _U32X3.unpack_from(raw, pos)
-            pos += 12
-            enc = (POLICY_ENCODING if raw[pos:pos + length] == _RGB8_CDR
-                   else _cdr_string(raw, pos, length))
-            pos += length + 1  # is_bigendian (rgb8 bytes are the same either way)
-            pos += -(pos - 4) % 4
-            step, size = _U32X2.unpack_from(raw, pos)
-            pos += 8
-            images.append((enc, h, w, step, np.frombuffer(raw, np.uint8, size, pos), frame_id))
-            pos += size
-        pos += -(pos - 4) % 4
-        (size,), pos = _U32.unpack_from(raw, pos), pos + 4
-        low_dim = np.frombuffer(raw, _F32_LE, size, pos)
-        pos += 4 * size
-        (size,), pos = _U32.unpack_from(raw, pos), pos + 4
-        action = np.frombuffer(raw, _F32_LE, size, pos)
-        pos += 4 * size
-        reward, is_intervention, is_demo = _TAIL.unpack_from(raw, pos)
-        pos += _TAIL.size
-        if n - pos > 3:  # at most the final padding may follow
-            raise ValueError(f"{n - pos} bytes after the end of the message")
-    except (struct.error, ValueError, IndexError, UnicodeDecodeError) as exc:
-        raise UndecodableStepError(f"not a serialized Step ({n} bytes): {exc}") from None
-    return _checked(sec * 1_000_000_000 + nanosec, episode, index, is_first, is_last,
-                    terminated, float(reward), is_intervention, is_demo, images, low_dim,
-                    action, image_shape, low_dim_size, action_size)
+def _check_flags(episode: int, index: int, is_first: bool, is_last: bool, terminated: bool,
+                 reward: float) -> None:
+    """The checks of a step's scalars (the first of :func:`_checked`)."""
+    if is_first != (index == 0):
+        raise _fail(episode, index, f"is_first={is_first} but index={index} (only index 0 is "
+                                    "first)")
+    if terminated and not is_last:
+        raise _fail(episode, index, "terminated but not is_last")
+    if not math.isfinite(reward):
+        raise _fail(episode, index, f"reward {reward} is not finite")
 
 
-def _cdr_string(raw: bytes, pos: int, length: int) -> str:
-    """A CDR string of ``length`` bytes (its NUL included) at ``pos``."""
-    if length == 0 or pos + length > len(raw) or raw[pos + length - 1] != 0:
-        raise ValueError(f"bad string of {length} bytes at byte {pos}")
-    return bytes(raw[pos:pos + length - 1]).decode()
+def _check_action(episode: int, index: int, is_first: bool, n_act: int,
+                  action_size: int | None, reward: float) -> float:
+    """The checks of a step's action size against its flag; the reward to keep (0 on a
+    first step)."""
+    if is_first:
+        if n_act and action_size is not None and n_act != action_size:
+            raise _fail(episode, index, f"first-step action has size {n_act}, expected 0 or "
+                                        f"{action_size}")
+        return 0.0
+    if n_act == 0:
+        raise _fail(episode, index, "no action (only a first step may have none)")
+    if action_size is not None and n_act != action_size:
+        raise _fail(episode, index, f"action size {n_act}, expected {action_size}")
+    return reward
 
 
 def _checked(stamp_ns: int, episode: int, index: int, is_first: bool, is_last: bool,
@@ -313,43 +266,28 @@ def _checked(stamp_ns: int, episode: int, index: int, is_first: bool, is_last: b
              image_shape: tuple[int, int, int, int] | None, low_dim_size: int | None,
              action_size: int | None) -> StepFields:
     """The checks of one step, whatever it was read from (``images``: encoding, height,
-    width, step, data, frame id per view)."""
-
-    def fail(reason: str) -> StepFormatError:
-        return StepFormatError(f"step episode {episode} index {index}: {reason}", episode)
-
-    if is_first != (index == 0):
-        raise fail(f"is_first={is_first} but index={index} (only index 0 is first)")
-    if terminated and not is_last:
-        raise fail("terminated but not is_last")
-    if not math.isfinite(reward):
-        raise fail(f"reward {reward} is not finite")
+    width, step, data, frame id per view), in this order: :func:`_check_flags`, the
+    frames' geometry, :func:`_check_action`, the expected shapes."""
+    _check_flags(episode, index, is_first, is_last, terminated, reward)
     if not images:
-        raise fail("no images")
+        raise _fail(episode, index, "no images")
     try:
         views = tuple([_image_hwc(enc, h, w, st, data, i)
                        for i, (enc, h, w, st, data, _fid) in enumerate(images)])
         n_low, n_act = _length(low_dim_in, "low_dim"), _length(action_in, "action")
     except StepFormatError as exc:
-        raise fail(str(exc)) from None
+        raise _fail(episode, index, str(exc)) from None
     if len(views) > 1 and len({v.shape for v in views}) != 1:
-        raise fail(f"views differ in size: {[v.transpose(2, 0, 1).shape for v in views]}")
-    if is_first:
-        if n_act and action_size is not None and n_act != action_size:
-            raise fail(f"first-step action has size {n_act}, expected 0 or {action_size}")
-        reward = 0.0
-    else:
-        if n_act == 0:
-            raise fail("no action (only a first step may have none)")
-        if action_size is not None and n_act != action_size:
-            raise fail(f"action size {n_act}, expected {action_size}")
+        raise _fail(episode, index, "views differ in size: "
+                                    f"{[v.transpose(2, 0, 1).shape for v in views]}")
+    reward = _check_action(episode, index, is_first, n_act, action_size, reward)
     if image_shape is not None:
         h, w, _ = views[0].shape
         if (len(views), 3, h, w) != tuple(image_shape):
-            raise fail(f"image shape (V,3,H,W) {(len(views), 3, h, w)}, expected "
-                       f"{tuple(image_shape)}")
+            raise _fail(episode, index, f"image shape (V,3,H,W) {(len(views), 3, h, w)}, "
+                                        f"expected {tuple(image_shape)}")
     if low_dim_size is not None and n_low != low_dim_size:
-        raise fail(f"low_dim size {n_low}, expected {low_dim_size}")
+        raise _fail(episode, index, f"low_dim size {n_low}, expected {low_dim_size}")
     return StepFields(episode, index, stamp_ns, is_first, is_last, terminated, reward,
                       is_intervention, is_demo, views, tuple([im[5] for im in images]),
                       low_dim_in, action_in)
