@@ -4,6 +4,7 @@ refused with the reason."""
 from __future__ import annotations
 
 import array
+import functools
 from types import SimpleNamespace
 
 import numpy as np
@@ -330,7 +331,8 @@ def test_cdr_decoder_memory_changes_nothing(monkeypatch):
             results.append(outcome(decoder, raw))
             if not walks:
                 short.append(results[-1])
-        fresh = [outcome(lambda r: check_step_cdr(r, **shapes), raw) for raw in messages]
+        fresh = [outcome(functools.partial(check_step_cdr, **shapes), raw)
+                 for raw in messages]
         for k, (a, b) in enumerate(zip(results, fresh)):
             assert a == b, (shapes, k)
         # the short path read some, and refused some of those (their values); with
