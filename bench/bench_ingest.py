@@ -8,8 +8,7 @@ interleaved /joint_states stream as in a demo recording), then times
   decode: raw + StepRecord.from_msg (validation, CHW copy),
   ingest: drqv2_ros.bags.ingest.ingest_bags into a fresh ReplayBuffer (pre-check, episode
           assembly, buffer writes, flushes),
-and prints steps/s of each and the ingest/raw ratio: of the bests of --repeat interleaved
-rounds, and the median of the rounds' own ratios (raw and ingest back to back).
+and prints steps/s of each and the ingest/raw ratio. Best of --repeat interleaved runs.
 Where /dev/shm is a tmpfs, the ingest is timed again with the buffer there (no disk
 write-back: what the per-step work alone costs), and the disk alone is timed writing and
 syncing the same bytes of frames (the floor of the durable part).
@@ -119,7 +118,7 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=100, help="transitions per episode")
     ap.add_argument("--size", type=int, default=84)
     ap.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
-    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--workdir", default=None, help="where to write (default: a temp dir)")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_ingest_"))
@@ -133,7 +132,7 @@ def main() -> None:
         print(f"bag: {steps} steps ({args.episodes} episodes x {args.length + 1}), "
               f"{args.size}x{args.size}, {args.storage}, {mb:.0f} MB, written in "
               f"{time.perf_counter() - t0:.1f} s")
-        # Interleaved rounds (raw, ingest, ingest on tmpfs, decode, disk, raw, ...), best of each:
+        # Interleaved repeats (raw, decode, ingest, ingest on tmpfs, raw, ...), best of each:
         # a shared machine's slow phases then hit every measurement alike.
         shm = Path("/dev/shm")
         mem_work = (Path(tempfile.mkdtemp(prefix="bench_ingest_", dir=shm))
@@ -143,32 +142,25 @@ def main() -> None:
         try:
             for _ in range(args.repeat):
                 raws.append(time_raw(bag, False)[0])
+                decs.append(time_raw(bag, True)[0])
                 runs.append(time_ingest(bag, work, steps, args.size))
+                disks.append(time_disk(work, frame_bytes))
                 if mem_work is not None:
                     mems.append(time_ingest(bag, mem_work, steps, args.size)[0])
-                decs.append(time_raw(bag, True)[0])
-                disks.append(time_disk(work, frame_bytes))
         finally:
             if mem_work is not None:
                 shutil.rmtree(mem_work, ignore_errors=True)
         raw, dec = min(raws), min(decs)
         ing, transitions = min(runs)
-        # Each round's raw and ingests ran back to back: their ratio, median over the rounds,
-        # is the least disturbed by the machine's drift (the bests may come from different
-        # phases of it).
-        paired = float(np.median([r / i for r, (i, _) in zip(raws, runs)]))
         print(f"raw read + deserialise : {steps / raw:8.0f} steps/s ({raw:.2f} s)")
         print(f"  + StepRecord.from_msg: {steps / dec:8.0f} steps/s ({dec:.2f} s)")
         print(f"ingest into buffer     : {steps / ing:8.0f} steps/s, {transitions / ing:.0f} "
               f"transitions/s ({ing:.2f} s)")
-        print(f"ingest / raw throughput: {raw / ing:.2f} (bests); {paired:.2f} (median of the "
-              f"{len(raws)} rounds' ratios)")
+        print(f"ingest / raw throughput: {raw / ing:.2f}")
         if mems:
             mem = min(mems)
-            paired = float(np.median([r / m for r, m in zip(raws, mems)]))
             print(f"ingest, buffer on tmpfs: {steps / mem:8.0f} steps/s ({mem:.2f} s): "
-                  f"{raw / mem:.2f} of raw, {paired:.2f} by rounds (the per-step work, without "
-                  "the disk)")
+                  f"{raw / mem:.2f} of raw (the per-step work, without the disk)")
         disk = min(disks)
         print(f"the disk alone         : {frame_bytes / 1e6:.0f} MB of frames written and "
               f"synced in {disk:.2f} s ({frame_bytes / 1e6 / disk:.0f} MB/s): a durable "
