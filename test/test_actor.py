@@ -254,6 +254,50 @@ def test_a_stuck_load_is_stopped_and_the_next_load_gets_a_fresh_loader(tmp_path)
         loader.close()
 
 
+def test_the_loader_child_outlives_a_ctrl_c_quietly(tmp_path, capfd):
+    """Ctrl-C in a terminal signals the whole process group: the loader child ignores it
+    (its parent ends it by closing the pipe), keeps serving loads, and prints no traceback
+    into the node's log; closing the loader ends it."""
+    import signal
+
+    from drqv2_ros.acting.loader import CheckpointLoader
+
+    small().save_pretrained(tmp_path / "ok")
+    loader = CheckpointLoader(timeout_s=60.0)
+    try:
+        first = loader.load(tmp_path / "ok")
+        child = loader._child
+        child.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert child.poll() is None
+        assert loader.load(tmp_path / "ok").summary() == first.summary()
+        assert loader._child is child
+    finally:
+        loader.close()
+    assert child.poll() is not None
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_loader_child_exits_quietly_when_its_parent_is_gone(tmp_path):
+    """A parent that dies while the child loads: the answer meets a closed pipe, and the
+    child exits 0 without a traceback."""
+    import json
+    import subprocess
+    import sys
+
+    small().save_pretrained(tmp_path / "ok")
+    child = subprocess.Popen([sys.executable, "-m", "drqv2_ros.acting.loader"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    child.stdout.close()  # nobody reads the answer
+    child.stdin.write(json.dumps({"path": str(tmp_path / "ok"),
+                                  "max_file_bytes": 1 << 30}).encode() + b"\n")
+    child.stdin.close()
+    err = child.stderr.read()  # until the child exits
+    assert child.wait(timeout=120) == 0, err.decode()
+    assert b"Traceback" not in err and b"Exception ignored" not in err, err.decode()
+
+
 def test_the_loader_carries_the_checkpoints_counters(tmp_path):
     from drqv2_ros.policy.training_counters import TrainingCounters
 

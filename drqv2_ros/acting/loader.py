@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -181,6 +182,10 @@ def _load_one(request: bytes) -> tuple[bytes, bytes]:
 
 
 def child_main() -> int:
+    # The parent decides when this process ends (it closes the pipe, or kills it): a Ctrl-C
+    # in the terminal reaches the whole process group, and the policy node shuts down on
+    # it by itself; here it would only print a traceback into the node's log.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.nice(19)  # below everything else on the machine
     except OSError:
@@ -190,19 +195,22 @@ def child_main() -> int:
     torch.set_num_threads(1)
     out = os.fdopen(os.dup(1), "wb")  # the answers' channel; stray prints go to stderr
     os.dup2(2, 1)
-    for request in sys.stdin.buffer:
-        try:
-            config, blob = _load_one(request)
-        except CheckpointError as exc:
-            _answer(out, b"E", str(exc).encode())
-            continue
-        except MemoryError:
-            _answer(out, b"E", b"out of memory while loading")
-            continue
-        except Exception as exc:  # one reason for the caller, never a trace
-            _answer(out, b"E", f"{type(exc).__name__}: {exc}".encode())
-            continue
-        _answer(out, b"O", config, blob)
+    try:
+        for request in sys.stdin.buffer:
+            try:
+                config, blob = _load_one(request)
+            except CheckpointError as exc:
+                _answer(out, b"E", str(exc).encode())
+                continue
+            except MemoryError:
+                _answer(out, b"E", b"out of memory while loading")
+                continue
+            except Exception as exc:  # one reason for the caller, never a trace
+                _answer(out, b"E", f"{type(exc).__name__}: {exc}".encode())
+                continue
+            _answer(out, b"O", config, blob)
+    except BrokenPipeError:  # the parent went away mid-answer: nobody to tell
+        pass
     return 0
 
 
