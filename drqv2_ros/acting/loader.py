@@ -12,7 +12,9 @@ never blocks later loads (and learner weight pushes never go through here at all
 
 Protocol: the parent writes one JSON line ``{"path": ..., "max_file_bytes": ...}``; the
 child answers ``b"O"`` + two frames (config JSON, blob) or ``b"E"`` + one frame (the reason),
-a frame being an 8-byte little-endian length and that many bytes.
+a frame being an 8-byte little-endian length and that many bytes. The child runs until its
+stdin closes (or it is killed): it ignores SIGINT, which a terminal's Ctrl-C sends to the
+whole process group.
 """
 
 from __future__ import annotations
