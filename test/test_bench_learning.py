@@ -15,6 +15,7 @@ pytest.importorskip("mujoco")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(660)  # above the subprocess wait (600 s) so that its message wins
 def test_smoke_scale_pipeline(tmp_path):
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, str(root / "bench" / "bench_learning.py"),

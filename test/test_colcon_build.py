@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PREFIX = Path(sys.prefix)
 pytestmark = [
     pytest.mark.dds,
+    pytest.mark.slow,
+    # above the colcon build's own wait (900 s) plus the checks after it
+    pytest.mark.timeout(1200),
     pytest.mark.skipif(not (PREFIX / ".drqv2_stamps").is_dir(),
                        reason=f"not the venv made by tools/setup.sh ({PREFIX})"),
 ]

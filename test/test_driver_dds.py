@@ -174,8 +174,21 @@ def test_sim_backend_reset_is_seeded_and_steps_in_real_time():
 
 
 @dds
+def _span_s(samples) -> float:
+    """Seconds between the oldest and newest header stamp received."""
+    from drqv2_ros.nodes.common import stamp_to_ns
+
+    if len(samples) < 2:
+        return 0.0
+    stamps = [stamp_to_ns(m.header.stamp) for _, m in samples]
+    return (max(stamps) - min(stamps)) / 1e9
+
+
 def test_publishes_joint_states_and_images_at_rate(rig):
-    time.sleep(3.0)
+    # _rate's 2 s window + the 0.3 s it leaves for messages in flight, for both streams
+    wait_for(lambda: min(_span_s(rig.joints), _span_s(rig.policy_images)) > 2.5
+             and rig.raw_images and rig.status, 30, "2.5 s of joint states and images",
+             [rig.driver])
     js = rig.latest(rig.joints)
     assert list(js.name) == JOINT_NAMES
     assert len(js.position) == 6 and len(js.velocity) == 6

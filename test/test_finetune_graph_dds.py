@@ -22,7 +22,7 @@ from drqv2_ros.convert.robobase import convert_snapshot, make_robobase_snapshot
 from drqv2_ros.policy.configuration_drqv2 import DrQV2Config
 from drqv2_ros.policy.modeling_drqv2 import DrQV2Policy
 
-pytestmark = pytest.mark.dds
+pytestmark = [pytest.mark.dds, pytest.mark.slow]
 RATE_HZ = 10.0
 
 

@@ -92,7 +92,12 @@ def test_stale_images_stop_commands_and_bad_messages_are_counted(tmp_path, launc
         t_stop = time.time_ns()   # no image is stamped later than this until recovery
         wait_for(lambda: last().get("skipped", {}).get("stale image", 0) > 0, 10,
                  "status reporting stale images", [policy])
-        time.sleep(1.5)
+        # Hold the stale period until the node has really skipped ticks for it (not a fixed
+        # sleep): ten more skipped ticks, ~1 s at 10 Hz, during which any command would be
+        # one built from a stale frame.
+        stale0 = last()["skipped"]["stale image"]
+        wait_for(lambda: last().get("skipped", {}).get("stale image", 0) >= stale0 + 10, 20,
+                 "ten ticks skipped for stale images", [policy])
 
         robot.bad_image, robot.images_on = True, True  # malformed frames: counted, dropped
         wait_for(lambda: last().get("malformed", {}).get("image", 0) > 3, 10,

@@ -128,7 +128,16 @@ def test_sigkilled_recorder_leaves_a_salvageable_bag(launch_node, probe, tmp_pat
     for rec in records:
         pub.publish(to_msg(rec, Step, Image))
         time.sleep(0.005)
-    time.sleep(1.0)
+    # Kill once the recorder has written what it will write before the bag is closed: its
+    # first full chunk (rosbags closes an MCAP chunk past 1 MiB) is on disk and the file
+    # has stopped growing; the rest of the 1.7 MB is in the open chunk, lost to the kill.
+    sizes: list[int] = []
+
+    def settled() -> bool:
+        sizes.append(sum(p.stat().st_size for p in bag.glob("*") if p.is_file()))
+        return len(sizes) >= 6 and sizes[-1] > 2**20 and len(set(sizes[-6:])) == 1
+
+    wait_for(settled, 30, "the recorder's chunks on disk", [node], interval=0.1)
     node.kill(signal.SIGKILL)
     node.proc.wait(10)
     assert not (bag / "metadata.yaml").exists()

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("mujoco")
-pytestmark = [pytest.mark.dds, pytest.mark.slow]
+# the run's own waits: 300 s for the command (+120 s in the interrupted-run test)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(540)]
 
 
 def _failed_logs(out: Path, rep: dict) -> str:

@@ -266,8 +266,8 @@ class Kinematics:
         rows = 3 if top_down is None else (6 if roll_goal is not None
                                            and top_down.roll_weight > 0 else 5)
         err = np.empty(rows)
-        # the layouts the straightforward code had (column gather: F; stacked rows: C),
-        # so that matmul sums in the same order and results stay bit for bit the same
+        # the layouts the straightforward code had (column gather: F; stacked rows: C);
+        # results equal it to rounding (test_kinematics: BLAS kernels differ by CPU)
         jac = np.zeros((rows, 5), order="F" if rows == 3 else "C")
         if rows == 6:
             jac[5, WRIST_ROLL_INDEX] = top_down.roll_weight
