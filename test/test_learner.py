@@ -563,3 +563,46 @@ def test_freeze_encoder_channels_last_forward_deviation():
         ref = policy.encode(rgb)
         cl = learner.encode(rgb.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3))
     assert torch.allclose(cl, ref, atol=1e-5, rtol=0), float((cl - ref).abs().max())
+
+
+def test_bc_update_clones_into_actor_and_encoder_only():
+    # pretraining's behaviour cloning: the actor's mean regressed on the batch actions,
+    # its gradient into the actor and the encoder; critics, targets, the update's own
+    # optimisers and the schedule's iteration untouched; the loss falls on a fixed batch
+    policy = make_policy(seed=3)
+    learner = DrQV2Learner(policy, seed=1)
+    batch = make_batch(policy.config, np.random.default_rng(0), b=16)
+    before = params(policy)
+    it0, moments0 = learner.iteration, copy.deepcopy(learner.actor_opt.state_dict())
+    losses = [learner.bc_update(batch, 3e-3)["bc_loss"] for _ in range(40)]
+    after = params(policy)
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"encoder", "actor"}, changed
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert learner.iteration == it0 and learner.num_updates == 0
+    assert learner.actor_opt.state_dict()["state"] == moments0["state"] == {}
+    with pytest.raises(ValueError, match="lr"):
+        learner.bc_update(batch, float("nan"))
+
+
+def test_bc_update_with_a_frozen_encoder_leaves_it():
+    policy = make_policy(seed=3)
+    learner = DrQV2Learner(policy, seed=1, freeze_encoder=True)
+    enc = {k: v.clone() for k, v in policy.encoder.state_dict().items()}
+    act = {k: v.clone() for k, v in policy.actor.state_dict().items()}
+    learner.bc_update(make_batch(policy.config, np.random.default_rng(0)), 1e-3)
+    assert all(torch.equal(v, policy.encoder.state_dict()[k]) for k, v in enc.items())
+    assert any(not torch.equal(v, policy.actor.state_dict()[k]) for k, v in act.items())
+
+
+def test_critic_only_update_holds_the_actor_and_encoder():
+    # TD with the actor fixed (critic warm-up / pretraining a critic for a cloned actor)
+    policy = make_policy(seed=4)
+    learner = DrQV2Learner(policy, seed=2)
+    before = params(policy)
+    m = learner.update(make_batch(policy.config, np.random.default_rng(1)), critic_only=True)
+    after = params(policy)
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"critic", "critic_target"}, changed
+    assert np.isfinite(m["critic_loss"]) and learner.num_updates == 1
+    assert all(p.grad is None for p in policy.actor.parameters())

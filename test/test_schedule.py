@@ -65,3 +65,19 @@ def test_a_parsed_schedule_is_finite_and_in_range_at_every_step():
             v = s(int(step))
             assert np.isfinite(v) and 0.0 <= v <= MAX_STD, (spec, step, v)
     assert schedule("linear(1.0,0.1,100)", 50) == pytest.approx(0.55)
+
+
+@pytest.mark.parametrize("spec", ["linear(1.0,0.1,500000)", "step_linear(1.0,0.5,1000,0.1,3000)",
+                                  "linear(1.0, 0.1, 7)", "0.2", "linear(0.1,1.0,7)"])
+def test_first_step_at_is_the_first_step_at_or_below(spec):
+    # where a start checkpoint sits so that fine-tuning explores with a chosen std
+    s = StdSchedule.parse(spec)
+    for std in [1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.1000001]:
+        if min(s(0), s(10**9)) > std:
+            with pytest.raises(ScheduleError, match="never reaches"):
+                s.first_step_at(std)
+            continue
+        k = s.first_step_at(std)
+        assert s(k) <= std and (k == 0 or s(k - 1) > std), (spec, std, k)
+    with pytest.raises(ScheduleError, match="finite"):
+        s.first_step_at(float("nan"))

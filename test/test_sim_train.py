@@ -170,13 +170,30 @@ def test_scripted_demos_to_a_pretrained_start_policy(tmp_path, capsys):
     assert open_bag(demos / "demos").topics["/step"].count == 18  # 2 x (8 + 1)
     out = tmp_path / "pre"
     assert pretrain_main([str(out), "--demos", str(demos / "demos"), "--updates", "3",
-                          "--batch-size", "8"]) == 0
+                          "--batch-size", "8", "--bc-updates", "2", "--actor-updates"]) == 0
     summary = json.loads((out / "pretrain.json").read_text())
     assert summary["updates"] == 3 and summary["demos"]["demo_transitions"] == 16
     assert summary["last_metrics"]["actor_bc_loss"] >= 0
     assert summary["last_metrics"]["ratio_bc_samples"] == 1.0  # every sample is a demo
     runner = load_isolated(out / "checkpoint")
     assert runner.summary()["action_dim"] == 4 and runner.schedule_step > 0  # trained
+
+    # the default recipe: behaviour cloning, then the critic alone (the cloned actor
+    # fixed), the checkpoint placed where its schedule explores with --start-std
+    from drqv2_ros.policy.modeling_drqv2 import DrQV2Policy
+    from drqv2_ros.policy.schedule import schedule
+
+    out2 = tmp_path / "pre_default"
+    assert pretrain_main([str(out2), "--demos", str(demos / "demos"), "--updates", "2",
+                          "--batch-size", "8", "--bc-updates", "3", "--start-std", "0.3"]) == 0
+    s2 = json.loads((out2 / "pretrain.json").read_text())
+    assert s2["stages"]["bc"]["updates"] == 3 and s2["stages"]["td"]["actor_updates"] is False
+    assert s2["last_metrics"]["bc_loss"] >= 0 and "actor_loss" not in s2["last_metrics"]
+    policy = DrQV2Policy.from_pretrained(out2 / "checkpoint")
+    step = policy.training_counters.main_loop_iterations
+    assert schedule(policy.config.stddev_schedule, step) <= 0.3 < schedule(
+        policy.config.stddev_schedule, step - 1)
+    assert policy.training_counters.pretrain_step == 5 and s2["start_std"] <= 0.3
     capsys.readouterr()
     # refused with the reason, nothing overwritten: an existing output, a bag without steps
     assert pretrain_main([str(out), "--demos", str(demos / "demos"), "--updates", "1"]) == 1
@@ -261,3 +278,48 @@ def test_replay_is_sized_to_the_run(tmp_path):
         assert t.loop.replay.online.capacity == 200 * 9
     finally:
         t.close()
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--batch-size", "0"], "--batch-size"), (["--bc-lr", "nan"], "--bc-lr"),
+    (["--bc-lr", "-1"], "--bc-lr"), (["--updates", "-1"], "--updates"),
+    (["--bc-updates", "-3"], "--bc-updates"), (["--updates", "0", "--bc-updates", "0"],
+                                               "nothing to train"),
+    (["--bc-weight", "inf"], "--bc-weight"), (["--start-std", "nan"], "--start-std"),
+    (["--seed", "-1"], "--seed")])
+def test_pretrain_options_refuse_nonsense_before_any_work(tmp_path, capsys, args, option):
+    from drqv2_ros.demo.pretrain import pretrain_main
+
+    with pytest.raises(SystemExit) as exc:
+        pretrain_main([str(tmp_path / "out"), "--demos", str(tmp_path / "none"), *args])
+    assert exc.value.code == 2 and option in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_shift_from_a_yaml_file(tmp_path):
+    # a user models their own lab: any subset of the preset's fields, from a preset base
+    from drqv2_ros.robot.sim_shift import SHIFTS, SimShift, shift_named
+
+    f = tmp_path / "lab.yaml"
+    f.write_text("base: real_proxy\nlight_scale: 0.4\ncamera_offset_m: [0.0, -0.01, 0.002]\n")
+    s = shift_named(str(f))
+    assert s.light_scale == 0.4 and s.camera_offset_m == (0.0, -0.01, 0.002)
+    assert s.actuator_kp_scale == SHIFTS["real_proxy"].actuator_kp_scale
+    f.write_text("cube_rgba: [0.2, 0.9, 0.2, 1]\n")
+    assert shift_named(str(f)) == SimShift(cube_rgba=(0.2, 0.9, 0.2, 1.0))
+    for text, why in [("light_scale: -1\n", "light_scale"), ("[1, 2]\n", "mapping"),
+                      ("lite_scale: 1\n", "unknown fields"), ("light_tint: [1, 1]\n", "3 "),
+                      ("actuator_kp_scale: .nan\n", "non-finite"), ("base: mars\n", "base"),
+                      ("camera_offset_m: [1, 0, 0]\n", "0.1 m"), ("light_scale: true\n", "bool"),
+                      ("a: [\n", "YAML")]:
+        f.write_text(text)
+        with pytest.raises(ValueError, match=why):
+            shift_named(str(f))
+    f.write_text("x" * 70_000)
+    with pytest.raises(ValueError, match="bytes"):
+        shift_named(str(f))
+    with pytest.raises(ValueError, match="shift file"):
+        shift_named(str(tmp_path / "missing.yaml"))
+    with pytest.raises(SystemExit) as exc:
+        sim_train_main(["--shift", "mars", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and not (tmp_path / "o").exists()

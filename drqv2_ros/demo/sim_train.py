@@ -45,7 +45,7 @@ from drqv2_ros.robot.driver_setup import (
     sim_config,
 )
 from drqv2_ros.robot.kinematics import Kinematics
-from drqv2_ros.robot.sim_shift import SHIFTS
+from drqv2_ros.robot.sim_shift import SHIFTS, shift_named
 from drqv2_ros.robot.sim_world import RENDERS, WRIST_CAMERA
 from drqv2_ros.teleop.joy_mapping import JoyEncoder, JoyMapper, JoyMapping, find_mapping_file
 from drqv2_ros.teleop.scripted_operator import (
@@ -76,6 +76,7 @@ class SimTrainConfig:
     warmup: int = 500
     weights_every_updates: int = 50   # the actor takes the learner's weights this often
     freeze_encoder: bool = False
+    bc_weight: float = 0.0            # RoboBase's BC term on demo/intervention samples
     device: str = "auto"
     intervene_probability: float = 0.5
     intervene_start_s: float = 1.0
@@ -277,6 +278,7 @@ class SimTrainer:
                     online_capacity=capacity, offline_capacity=capacity,
                     batch_size=cfg.batch_size, utd_ratio=cfg.utd_ratio,
                     warmup_transitions=cfg.warmup, freeze_encoder=cfg.freeze_encoder,
+                    bc_weight=cfg.bc_weight,
                     device=cfg.device, seed=cfg.seed, checkpoint_period_updates=10**9,
                     replay_on_device="off"), self.policy)
         except BaseException:
@@ -479,13 +481,18 @@ def sim_train_main(argv: list[str]) -> int:
                          "image, ~3x faster render on CPU)")
     ap.add_argument("--render-size", type=int, nargs=2, default=(d.render_width,
                     d.render_height), metavar=("W", "H"))
-    ap.add_argument("--shift", choices=sorted(SHIFTS), default=d.shift,
-                    help="sim-to-real proxy: none (nominal scene) or real_proxy")
+    ap.add_argument("--shift", default=d.shift,
+                    help=f"sim-to-real proxy: a preset ({', '.join(sorted(SHIFTS))}) or a "
+                    "YAML file of SimShift fields (robot/sim_shift.py; 'base: real_proxy' "
+                    "starts from the preset)")
     ap.add_argument("--no-train", action="store_true", help="env stepping only")
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--utd-ratio", type=float, default=d.utd_ratio)
     ap.add_argument("--warmup", type=int, default=d.warmup)
     ap.add_argument("--freeze-encoder", action="store_true")
+    ap.add_argument("--bc-weight", type=float, default=d.bc_weight,
+                    help="RoboBase's BC term on demonstration and intervention samples "
+                    "(default 0: RoboBase's DrQ-v2 update alone)")
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--intervene-probability", type=float, default=d.intervene_probability,
                     help="--operator schedule: chance of a takeover per episode")
@@ -504,6 +511,10 @@ def sim_train_main(argv: list[str]) -> int:
                     "start to end, steps flagged is_demo, no learner; written to "
                     "--record-bag (default <out>/demos) for `drqv2-ros pretrain`")
     a = ap.parse_args(argv)
+    try:
+        shift_named(a.shift)
+    except ValueError as exc:
+        ap.error(f"--shift: {exc}")
     from drqv2_ros.bringup.graph import rendering_environment
 
     os.environ.update(rendering_environment(os.environ))  # before mujoco renders
@@ -514,7 +525,7 @@ def sim_train_main(argv: list[str]) -> int:
         render_width=a.render_size[0], render_height=a.render_size[1], shift=a.shift,
         train=not a.no_train,
         batch_size=a.batch_size, utd_ratio=a.utd_ratio, warmup=a.warmup,
-        freeze_encoder=a.freeze_encoder, device=a.device,
+        freeze_encoder=a.freeze_encoder, bc_weight=a.bc_weight, device=a.device,
         intervene_probability=a.intervene_probability, operator=a.operator,
         eval_every=a.eval_every,
         eval_episodes=a.eval_episodes, seed=a.seed, record_bag=a.record_bag, envs=a.envs)

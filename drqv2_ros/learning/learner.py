@@ -248,6 +248,7 @@ class DrQV2Learner:
         self.critic_opt = torch.optim.AdamW(params["critic"], lr=cfg.critic_lr, **opt)
         self.actor_opt = torch.optim.AdamW(params["actor"], lr=cfg.actor_lr, **opt)
         self._graphs = GraphedUpdate(self) if graphs else None
+        self._bc_opt: torch.optim.Optimizer | None = None  # bc_update's, made on first use
         # The view fusion (flatten) has no parameters: no optimiser, as in RoboBase.
         self.aug: nn.Module | None = RandomShiftsAug(cfg.aug_pad) if cfg.use_augmentation \
             else None
@@ -392,7 +393,8 @@ class DrQV2Learner:
             return self.policy.encode(rgb)
 
     def update(self, batch: Mapping[str, Any],
-               after_launch: Callable[[], None] | None = None) -> UpdateMetrics:
+               after_launch: Callable[[], None] | None = None, *,
+               critic_only: bool = False) -> UpdateMetrics:
         """One DrQ-v2 update on ``batch`` (numpy or torch, layout of ``ReplayBuffer.sample``).
 
         Returns the metrics (floats; on the eager path read from the device only when
@@ -404,15 +406,19 @@ class DrQV2Learner:
 
         ``after_launch`` runs once the update's device work is queued and before the host
         waits for it (e.g. to prepare the next batch while the GPU computes this one).
+
+        ``critic_only`` (opt-in, not RoboBase's update): steps 1-4 and 6 with the encoder
+        and the actor held fixed: the critic learns by TD the value of the actor as it is
+        (a critic warm-up before actor updates, or pretraining a critic for a cloned actor).
         """
         b = self._to_tensors(batch)
         step = self.iteration
         std = self.std(step)
         rnd = self.draw(b["rgb"].shape[0])
-        if self._graphs is not None and self._graphs.usable(b):
+        if self._graphs is not None and self._graphs.usable(b) and not critic_only:
             values = self._graphs.run(b, rnd, std, after_launch)
         else:
-            values = self.update_math(b, rnd, std, self._check_host)
+            values = self.update_math(b, rnd, std, self._check_host, critic_only=critic_only)
             if after_launch is not None:
                 after_launch()
         self.num_updates += 1
@@ -428,11 +434,12 @@ class DrQV2Learner:
 
     def update_math(self, b: Mapping[str, Any], rnd: Mapping[str, torch.Tensor | None],
                     std: float | torch.Tensor,
-                    check: Callable[[str, torch.Tensor], None]) -> dict[str, Any]:
+                    check: Callable[[str, torch.Tensor], None], *,
+                    critic_only: bool = False) -> dict[str, Any]:
         """The update itself, steps 1-6 of the module docstring, on tensors already on the
         device and the draws of :meth:`draw`. ``check(name, loss)`` runs before the critic
         and the actor steps (the eager path raises there; the CUDA graph records a flag).
-        Returns the device metrics (no host wait)."""
+        Returns the device metrics (no host wait). ``critic_only``: see :meth:`update`."""
         cfg = self.config
         p = self.policy
         low, next_low = (b["low_dim"], b["next_low_dim"]) if cfg.low_dim_size > 0 else (None,
@@ -442,7 +449,10 @@ class DrQV2Learner:
         # 1-2. augmentation (once per image) and encoding
         rgb = self.augment(b["rgb"], rnd["shift"])
         next_rgb = self.augment(b["next_rgb"], rnd["next_shift"])
-        if self.freeze_encoder:  # no encoder gradients: both batches in one forward pass,
+        if critic_only:
+            with torch.no_grad():
+                fused, next_fused = self.encode(rgb), self.encode(next_rgb)
+        elif self.freeze_encoder:  # no encoder gradients: both batches in one forward pass,
             # each view's images laid out channels-last (oneDNN / cuDNN's preferred layout:
             # ~1.8x faster convolutions on these CPUs, within ~2e-6 of the default layout)
             with torch.no_grad():
@@ -469,6 +479,11 @@ class DrQV2Learner:
         if self.critic_grad_clip:
             nn.utils.clip_grad_norm_(p.critic.parameters(), self.critic_grad_clip)
         self.critic_opt.step()
+        if critic_only:
+            p.soft_update_target(cfg.critic_target_tau)
+            return {"critic_loss": critic_loss.detach(), "critic_target_q": target.mean(),
+                    "batch_reward": b["reward"].mean(),
+                    **{f"critic_q{i + 1}": qs[:, i].mean() for i in range(qs.shape[1])}}
         if not self.freeze_encoder:
             if self.critic_grad_clip:
                 nn.utils.clip_grad_norm_(p.encoder.parameters(), self.critic_grad_clip)
@@ -508,6 +523,41 @@ class DrQV2Learner:
             if n_bc:
                 values["actor_bc_loss"] = bc_loss.detach()
         return values
+
+    def bc_update(self, batch: Mapping[str, Any], lr: float) -> dict[str, float]:
+        """One behaviour-cloning step (pretraining; not part of RoboBase's update): the
+        actor's mean action on the augmented images regressed on the batch's actions, the
+        squared error summed over action dimensions and averaged over the batch (RoboBase's
+        ``get_bc_loss`` with weight 1 and every sample), its gradient into the actor and,
+        unless the encoder is frozen, into the encoder. Its own AdamW (``lr``, the config's
+        weight decay), so the update's optimiser moments stay untouched; the schedule's
+        iteration does not move."""
+        if not (np.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be finite and > 0, got {lr}")
+        cfg, p = self.config, self.policy
+        if self._bc_opt is None:
+            params = list(p.actor.parameters())
+            if not self.freeze_encoder:
+                params += list(p.encoder.parameters())
+            self._bc_opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        for group in self._bc_opt.param_groups:
+            group["lr"] = float(lr)
+        b = self._to_tensors(batch)
+        rnd = self.draw(b["rgb"].shape[0])
+        rgb = self.augment(b["rgb"], rnd["shift"])
+        if self.freeze_encoder:
+            with torch.no_grad():
+                fused = self.encode(rgb)
+        else:
+            fused = self.encode(rgb)
+        low = b["low_dim"] if cfg.low_dim_size > 0 else None
+        mu = self.actor_dist(low, fused, self.std()).mean
+        loss = (mu.float() - b["action"]).square().sum(-1).mean()
+        self._check_host("bc", loss)
+        self._bc_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._bc_opt.step()
+        return {"bc_loss": float(loss.detach())}
 
     def bc_loss(self, mu: torch.Tensor, action: torch.Tensor, mask: torch.Tensor,
                 count: int | None = None) -> tuple[torch.Tensor, int]:

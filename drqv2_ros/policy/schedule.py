@@ -88,6 +88,33 @@ class StdSchedule:
         return float((1.0 - mix) * final1 + mix * final2)
 
 
+    def first_step_at(self, std: float) -> int:
+        """The first integer step at which the schedule is at or below ``std`` (where a
+        start checkpoint should sit to explore with ``std``); a value the schedule never
+        reaches is refused with its lowest value."""
+        if not math.isfinite(std):
+            raise ScheduleError(f"std must be finite, got {std}")
+        p = self.params
+        if self.kind == "constant":
+            legs = [(0.0, p[0], p[0], 1.0)]
+        elif self.kind == "linear":
+            legs = [(0.0, p[0], p[1], p[2])]
+        else:
+            legs = [(0.0, p[0], p[1], p[2]), (p[2], p[1], p[3], p[4])]
+        for start, a, b, n in legs:   # value a at step start, b at start + n
+            if a <= std:
+                step = math.ceil(start)
+            elif b <= std:
+                step = max(0, math.floor(start + n * (a - std) / (a - b)) - 1)
+            else:
+                continue
+            while self(step) > std:  # float rounding of the inverse
+                step += 1
+            return step
+        raise ScheduleError(f"schedule {self.spec!r} never reaches std {std} (lowest "
+                            f"{min(min(a, b) for _, a, b, _ in legs)})")
+
+
 @lru_cache(maxsize=64)
 def parse_schedule(spec: str) -> StdSchedule:
     """:meth:`StdSchedule.parse`, cached (the actor evaluates its schedule every tick)."""

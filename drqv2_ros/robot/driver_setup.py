@@ -68,8 +68,11 @@ class DriverParams:
                                    "reached within this time (s).")
     home_tolerance_rad: float = param(0.05, "Real arm: home is reached when every arm joint "
                                       "is this close (rad).")
-    home_position: list = param([0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "Home joint positions "
-                                "(rad, JOINT_NAMES order) at every episode reset.")
+    home_position: list = param([0.4043, 0.033, -0.5888, 1.6412, 0.6672, 1.7453],
+                                "Home joint positions (rad, JOINT_NAMES order) at every "
+                                "episode reset; the default is the 'wrist_view' start pose "
+                                "(cube in the wrist image from step 0), pick-101's is all "
+                                "zeros.")
     cube_xy_min: list = param([0.37, -0.13], "Sim cube placement box, lower x, y (m).")
     cube_xy_max: list = param([0.43, -0.07], "Sim cube placement box, upper x, y (m).")
     cube_half_size_m: float = param(0.015, "Sim cube half edge (m); pick-101: 3 cm cube.")

@@ -10,6 +10,7 @@ once). ``SimConfig(shift="real_proxy")`` applies one; every report names it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import mujoco
 import numpy as np
@@ -45,11 +46,82 @@ SHIFTS: dict[str, SimShift] = {
 }
 
 
-def shift_named(name: str) -> SimShift:
+#: a shift file larger than this is refused before it is read
+MAX_SHIFT_FILE_BYTES = 64 * 1024
+
+
+def load_shift(path: str | Path) -> SimShift:
+    """A shift from a YAML file: a mapping of :class:`SimShift` fields (any subset; the rest
+    keep the nominal value), e.g. ``light_scale: 0.5`` / ``camera_offset_m: [0, -0.01, 0]``,
+    optionally ``base: real_proxy`` to start from a preset. Refused with the reason: a
+    missing or oversized file, YAML that is not a mapping, unknown fields, wrong lengths,
+    non-numbers, values out of range."""
+    import dataclasses
+
+    import yaml
+
+    p = Path(path)
     try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise ValueError(f"shift file {p}: {exc.strerror or exc}") from None
+    if size > MAX_SHIFT_FILE_BYTES:
+        raise ValueError(f"shift file {p}: {size} bytes (at most {MAX_SHIFT_FILE_BYTES})")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"shift file {p}: not readable YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"shift file {p}: must hold a mapping of SimShift fields")
+    base = data.pop("base", "none")
+    if base not in SHIFTS:
+        raise ValueError(f"shift file {p}: base {base!r} is not one of {sorted(SHIFTS)}")
+    fields = {f.name: f for f in dataclasses.fields(SimShift)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"shift file {p}: unknown fields {unknown} (known: {sorted(fields)})")
+    start = SHIFTS[base]
+    values = {}
+    for name, v in data.items():
+        default = getattr(SimShift(), name)
+        width = len(default) if isinstance(default, tuple) else (
+            4 if name.endswith("rgba") else 0)
+        try:
+            if width:
+                if v is None and default is None:
+                    values[name] = None
+                    continue
+                vals = tuple(float(x) for x in v)
+                if len(vals) != width:
+                    raise ValueError(f"needs {width} numbers")
+                if not all(np.isfinite(vals)):
+                    raise ValueError("non-finite")
+                values[name] = vals
+            else:
+                if isinstance(v, bool):
+                    raise ValueError("a boolean")
+                values[name] = float(v)
+                if not np.isfinite(values[name]):
+                    raise ValueError("non-finite")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"shift file {p}: {name}: {v!r} ({exc})") from None
+    if "camera_fovy_delta_deg" in values and not -60 < values["camera_fovy_delta_deg"] < 60:
+        raise ValueError(f"shift file {p}: camera_fovy_delta_deg must be in (-60, 60)")
+    if any(abs(x) > 0.1 for x in values.get("camera_offset_m", ())):
+        raise ValueError(f"shift file {p}: camera_offset_m must be within 0.1 m")
+    try:
+        return dataclasses.replace(start, **values)
+    except ValueError as exc:
+        raise ValueError(f"shift file {p}: {exc}") from None
+
+
+def shift_named(name: str) -> SimShift:
+    """A preset by name (``SHIFTS``), or a YAML file of one (``load_shift``)."""
+    if name in SHIFTS:
         return SHIFTS[name]
-    except KeyError:
-        raise ValueError(f"unknown shift {name!r}: one of {sorted(SHIFTS)}") from None
+    if str(name).endswith((".yaml", ".yml")):
+        return load_shift(name)
+    raise ValueError(f"unknown shift {name!r}: one of {sorted(SHIFTS)} or a .yaml file")
 
 
 def apply_shift(m: mujoco.MjModel, s: SimShift, *, camera: str, cube_geom: str,

@@ -48,12 +48,24 @@ _FIXED_JAW_BODY = "gripper"
 _MOVING_JAW_BODY = "moving_jaw_so101_v1"
 _PADS = ("fixed_jaw_pad", "moving_jaw_pad")
 GRASP_MIN_JAW_RAD = 0.05
+#: Episode start poses (rad, JOINT_NAMES order). "wrist_view" (the default): the gripper
+#: open, hovering behind and above the placement box (gripperframe site at about
+#: (0.26, -0.10, 0.16) m, approach axis 28 deg from vertical), the wrist camera looking down
+#: at the box: the cube is in the 84x84 policy image from step 0 at every placement, in the
+#: nominal and the real_proxy scene (test_sim_world). It is a fixed point of the driver's
+#: top-down IK (a zero command leaves it where it is). "pick101": pick-101's all-zero home,
+#: the gripper pointing forward at the horizon, where the cube is in no wrist image until the
+#: arm has turned down (kept for RoboBase-trained pick-101 policies).
+START_POSES: dict[str, tuple[float, ...]] = {
+    "wrist_view": (0.4043, 0.0330, -0.5888, 1.6412, 0.6672, 1.7453),
+    "pick101": (0.0,) * NUM_JOINTS,
+}
 
 
 @dataclass
 class SimConfig:
     seed: int = 0
-    home_position: tuple[float, ...] = (0.0,) * NUM_JOINTS
+    home_position: tuple[float, ...] = START_POSES["wrist_view"]
     cube_xy_min: tuple[float, float] = (0.37, -0.13)   # pick-101: (0.40, -0.10) +- 0.03
     cube_xy_max: tuple[float, float] = (0.43, -0.07)
     cube_half_size_m: float = 0.015
