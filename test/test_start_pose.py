@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("mujoco")
 
-from drqv2_ros.bringup.graph import rendering_environment  # noqa: E402
+from drqv2_ros.bringup.graph import rendering_environment
 
 
 @pytest.fixture(scope="module", autouse=True)

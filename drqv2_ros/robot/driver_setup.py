@@ -82,6 +82,10 @@ class DriverParams:
     actuator_kv: float = param(2.731, "Sim position-actuator damping (with actuator_kp).")
     lift_height_m: float = param(0.08, "Sim success: cube grasped above this height (m) ...")
     success_hold_steps: int = param(10, "... for this many consecutive control ticks.")
+    sim_shift: str = param("none", "Sim: sim-to-real proxy, a preset (none, real_proxy) or "
+                           "a YAML file of SimShift fields (robot/sim_shift.py).")
+    sim_render: str = param("pick101", "Sim: what the wrist camera draws: pick101 (every "
+                            "mesh), wrist_only (same image, faster), fast (reduced meshes).")
     feetech_port: str = param("/dev/ttyACM0", "Feetech: serial port of the follower arm.")
     feetech_robot_id: str = param("so101_follower", "Feetech: LeRobot robot id (selects "
                                   "the calibration file).")
@@ -100,7 +104,8 @@ def sim_config(p: DriverParams, **overrides):
         cube_half_size_m=p.cube_half_size_m, jaw_pads=p.jaw_pads,
         actuator_kp=p.actuator_kp, actuator_kv=p.actuator_kv,
         render_width=p.render_width, render_height=p.render_height,
-        lift_height_m=p.lift_height_m, success_hold_steps=p.success_hold_steps, **overrides)
+        lift_height_m=p.lift_height_m, success_hold_steps=p.success_hold_steps,
+        **{"shift": p.sim_shift, "render": p.sim_render, **overrides})
 
 
 def make_backend(p: DriverParams) -> ArmBackend:
@@ -139,6 +144,16 @@ def validate(p: DriverParams) -> None:
         errors.append(f"home_position needs {NUM_JOINTS} values")
     if p.policy_size <= 0 or p.render_width <= 0 or p.render_height <= 0:
         errors.append("policy_size, render_width, render_height must be > 0")
+    if p.backend == "sim":
+        from drqv2_ros.robot.sim_shift import shift_named
+        from drqv2_ros.robot.sim_world import RENDERS
+
+        try:
+            shift_named(p.sim_shift)
+        except ValueError as exc:
+            errors.append(f"sim_shift: {exc}")
+        if p.sim_render not in RENDERS:
+            errors.append(f"sim_render must be one of {RENDERS}")
     if errors:
         raise ValueError("bad parameters: " + "; ".join(errors))
 

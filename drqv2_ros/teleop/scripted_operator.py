@@ -9,14 +9,21 @@ The node (``nodes/scripted_operator_node.py``) encodes these decisions as sensor
 with :class:`~drqv2_ros.teleop.joy_mapping.JoyEncoder`, so interventions go through the
 same teleop node and mapping as a human's.
 
-Pick demonstration, a proportional controller on the gripper site position:
+Pick demonstration, a proportional controller on the gripper site position. The phase is
+read off the STATE at every tick (an expert for any state, as relabelling the states a
+learning policy visits needs), with memory only for a grasp attempt in progress and a
+blocked descent; a demonstration from the start pose passes through the phases in order:
 
-    APPROACH  above the cube at ``hover_height`` (rise first when low), gripper open
-    DESCEND   to the cube centre + the grasp offsets, gripper open
-    CLOSE     hold position, close the gripper until grasped (or ``close_ticks``); also
-              entered when the descent is blocked for ``stall_ticks``
-    LIFT      up to ``lift_z``, gripper closed; back to APPROACH if the cube is dropped
-    HOLD      stay, gripper closed, until the episode ends
+    APPROACH  towards the point ``hover_height`` above the cube, gripper open; from a low
+              gripper NEXT to the cube (within ``clear_xy_m``) it rises first so as not to
+              hit it, from a low gripper away from it it moves and rises at once
+    DESCEND   over the cube (within ``xy_tolerance``) and below the hover height: down
+              to the cube centre + the grasp offsets, gripper open
+              (a closed gripper opens there first)
+    CLOSE     at the grasp height, or where the descent is blocked for ``stall_ticks``:
+              hold position, close until grasped, or closed (3 ticks), or ``close_ticks``
+    LIFT      whenever the cube is grasped: up to ``lift_z``, gripper closed
+    HOLD      grasped at the lift height: stay, gripper closed, until the episode ends
 
 When to take over (``takeover``):
 
@@ -73,9 +80,11 @@ class OperatorConfig:
     grasp_y_offset: float = -0.022
     stall_ticks: int = 8                 # descent blocked this long (z not decreasing): close
     lift_z: float = 0.15                 # m, target height of the lift (success > 0.08)
-    xy_tolerance: float = 0.008          # m
+    xy_tolerance: float = 0.012          # m
     z_tolerance: float = 0.008           # m
     close_ticks: int = 15                # ticks of closing before lifting anyway
+    clear_xy_m: float = 0.04             # a low gripper this close to the cube rises first
+    open_opening: float = 0.8            # gripper_opening above which it counts as open
     closed_opening: float = 0.35         # gripper_opening below which it counts as closed
     seed: int = 0
     takeover: str = "schedule"           # "schedule" | "assist" (see the module text)
@@ -215,7 +224,8 @@ class ScriptedOperator:
         return np.clip(c.kp * (target - pos) / c.step_m, -c.max_action, c.max_action)
 
     def pick_action(self, s: SimStateData) -> np.ndarray:
-        """One step of the pick state machine (advances ``phase``)."""
+        """One step of the pick expert: the phase from the state (see the module text),
+        then its action. Advances ``phase``."""
         c = self.cfg
         cube = np.asarray(s.cube_position, np.float64)
         grip = np.asarray(s.gripper_position, np.float64)
@@ -223,40 +233,15 @@ class ScriptedOperator:
         hover = cube + offset + np.array([0.0, 0.0, c.hover_height])
         grasp = cube + offset + np.array([0.0, 0.0, c.grasp_offset])
         xy_err = float(np.linalg.norm(hover[:2] - grip[:2]))
-
-        if self.phase in (LIFT, HOLD) and not s.cube_grasped:
-            self.phase = APPROACH  # dropped it: start over
-        if self.phase == APPROACH:
-            if xy_err < c.xy_tolerance and abs(hover[2] - grip[2]) < c.z_tolerance:
-                self.phase = DESCEND
-        if self.phase == DESCEND:
-            # blocked (the jaws rest on something): z stops decreasing
-            if self._lowest_z is None or grip[2] < self._lowest_z - 0.001:
-                self._lowest_z, self._stalled = grip[2], 0
-            else:
-                self._stalled += 1
-            if xy_err > 2 * c.xy_tolerance:
-                self.phase = APPROACH
-            elif abs(grasp[2] - grip[2]) < c.z_tolerance or self._stalled >= c.stall_ticks:
-                self.phase = CLOSE
-                self._close_ticks = 0
-        else:
-            self._lowest_z, self._stalled = None, 0
-        if self.phase == CLOSE:
-            self._close_ticks += 1
-            closed = s.gripper_opening < c.closed_opening
-            if s.cube_grasped or (closed and self._close_ticks >= 3) \
-                    or self._close_ticks >= c.close_ticks:
-                self.phase = LIFT
-        if self.phase == LIFT and grip[2] >= c.lift_z - c.z_tolerance:
-            self.phase = HOLD
+        self.phase = self._phase(s, grip, hover, grasp, xy_err)
 
         xyz = np.zeros(3)
         gripper = GRIPPER_OPEN
         if self.phase == APPROACH:
             xyz = self._toward(hover, grip)
-            if grip[2] < cube[2] + 0.5 * c.hover_height:
-                xyz[:2] = 0.0  # too low: rise before moving sideways (do not hit the cube)
+            near = float(np.linalg.norm(cube[:2] - grip[:2])) < c.clear_xy_m
+            if near and grip[2] < cube[2] + 0.5 * c.hover_height:
+                xyz[:2] = 0.0  # low beside the cube: rise before moving sideways
         elif self.phase == DESCEND:
             xyz = self._toward(grasp, grip)
         elif self.phase == CLOSE:
@@ -267,3 +252,31 @@ class ScriptedOperator:
             xyz = self._toward(target, grip)
             gripper = GRIPPER_CLOSED
         return np.array([*xyz, gripper], np.float32)
+
+    def _phase(self, s: SimStateData, grip: np.ndarray, hover: np.ndarray,
+               grasp: np.ndarray, xy_err: float) -> str:
+        c = self.cfg
+        if s.cube_grasped:
+            self._lowest_z, self._stalled = None, 0
+            return HOLD if grip[2] >= c.lift_z - c.z_tolerance else LIFT
+        if self.phase == CLOSE:  # a grasp attempt in progress runs to its end
+            self._close_ticks += 1
+            closed = s.gripper_opening < c.closed_opening
+            if not ((closed and self._close_ticks >= 3) or self._close_ticks >= c.close_ticks):
+                return CLOSE
+            self.phase = LIFT      # attempt over, nothing grasped: judged afresh below
+        if xy_err >= c.xy_tolerance or grip[2] > hover[2] + c.z_tolerance:
+            self._lowest_z, self._stalled = None, 0
+            return APPROACH
+        # over the cube, at most at the hover height: descend; close at the grasp height or
+        # where the descent is blocked (z not decreasing), with the gripper open first
+        if self._lowest_z is None or grip[2] < self._lowest_z - 0.001:
+            self._lowest_z, self._stalled = grip[2], 0
+        else:
+            self._stalled += 1
+        at_grasp = abs(grasp[2] - grip[2]) < c.z_tolerance or self._stalled >= c.stall_ticks
+        if at_grasp and s.gripper_opening > c.open_opening:
+            self._close_ticks = 0
+            self._lowest_z, self._stalled = None, 0
+            return CLOSE
+        return DESCEND
