@@ -38,7 +38,7 @@ from drqv2_ros.bringup.graph import rendering_environment
 
 os.environ.update(rendering_environment(os.environ))
 
-from drqv2_ros.demo.sim_train import SimTrainConfig, SimTrainer, run
+from drqv2_ros.demo.sim_train import SimTrainConfig, evaluate_policy, run
 from drqv2_ros.demo.start_policy import StartPolicyRecipe, build_start_policy
 
 
@@ -106,11 +106,9 @@ def start_policy(s: Scale, out: Path, seed: int) -> tuple[str, dict]:
 
 
 def nominal_success(s: Scale, start: str, out: Path, seed: int) -> float:
-    t = SimTrainer(replace(_sim(s, out, seed=seed, envs=1), checkpoint=start, train=False))
-    try:
-        return t.evaluate().success_rate
-    finally:
-        t.close()
+    return evaluate_policy(start, str(out), episodes=s.eval_episodes, render=s.render,
+                           render_size=s.render_size, episode_steps=s.episode_steps,
+                           seed=seed).success_rate
 
 
 def finetune(s: Scale, start: str, out: Path, seed: int, shift: str, variant: str) -> dict:

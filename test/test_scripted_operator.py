@@ -257,3 +257,21 @@ def test_assist_takes_over_a_policy_heading_away_and_leaves_a_progressing_one_al
     assert not any(i for _, i in _run(o, [start] * 15, grasped=True))
     with pytest.raises(ValueError, match="takeover must be one of"):
         OperatorConfig(takeover="sometimes")
+
+
+def test_node_parameters_and_yaml_hold_every_operator_field_with_its_default():
+    # the node builds its OperatorConfig from its parameters: a field missing there fails
+    # the node at start, a different default changes the sim graph's operator silently
+    from dataclasses import fields
+
+    import yaml
+
+    from drqv2_ros.bringup.paths import config_file
+    from drqv2_ros.nodes.scripted_operator_node import ScriptedOperatorParams
+
+    params, cfg = ScriptedOperatorParams(), OperatorConfig()
+    yml = yaml.safe_load(config_file("scripted_operator.yaml").read_text())
+    yml = yml["/**"]["ros__parameters"]
+    for f in fields(OperatorConfig):
+        assert getattr(params, f.name) == getattr(cfg, f.name), f.name
+        assert yml[f.name] == getattr(cfg, f.name), f.name

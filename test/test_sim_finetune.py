@@ -32,8 +32,10 @@ def test_sim_finetune_end_to_end(tmp_path):
     assert exe, "console script drqv2-ros not installed"
     env = dict(os.environ, ROS_LOG_DIR=str(tmp_path / "roslog"))
     proc = subprocess.run(
+        # --scratch: the default start policy takes ~6 min to make once (not for CI); the
+        # before/after policy-only evaluations run as in the default, one episode each
         [exe, "sim-finetune", "--minutes", "1.25", "--out", str(out), "--warmup", "60",
-         "--hot-swap-at", "0.65", "--episode-steps", "40"],
+         "--hot-swap-at", "0.65", "--episode-steps", "40", "--scratch", "--eval-episodes", "1"],
         env=env, capture_output=True, text=True, timeout=300)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}"
                      for p in sorted((out / "logs").glob("*.log"))) if out.exists() else ""
@@ -67,6 +69,13 @@ def test_sim_finetune_end_to_end(tmp_path):
     assert any((out / "learner" / "tensorboard").iterdir())
     assert rep["leftover_shm"] == [], _failed_logs(out, rep)
     assert "report:" in proc.stdout
+    # policy-alone success before and after, under the shift, assisted successes apart
+    assert rep["shift"] == "real_proxy"
+    assert rep["policy_only_before"]["episodes"] == 1
+    assert rep["policy_only_after"]["episodes"] == 1
+    assert rep["policy_only_after"]["checkpoint"].endswith("checkpoints/last")
+    text = (out / "report.txt").read_text()
+    assert "policy-only evaluation" in text and "shift: real_proxy" in text
 
 
 def test_sim_finetune_ctrl_c_stops_everything_cleanly(tmp_path):
@@ -76,7 +85,8 @@ def test_sim_finetune_ctrl_c_stops_everything_cleanly(tmp_path):
     out = tmp_path / "run"
     exe = shutil.which("drqv2-ros", path=str(Path(sys.executable).parent))
     env = dict(os.environ, ROS_LOG_DIR=str(tmp_path / "roslog"))
-    proc = subprocess.Popen([exe, "sim-finetune", "--minutes", "10", "--out", str(out)],
+    proc = subprocess.Popen([exe, "sim-finetune", "--minutes", "10", "--out", str(out),
+                             "--scratch", "--eval-episodes", "0"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:

@@ -45,6 +45,10 @@ class RunRecord:
     leftover_shm: list[str] = field(default_factory=list)
     cleaned_shm: list[str] = field(default_factory=list)  # stale port segments removed
     skipped_ticks: dict = field(default_factory=dict)
+    shift: str = "none"                                   # the sim-to-real proxy of the run
+    start: str = ""                                       # the start checkpoint
+    policy_only_before: dict = field(default_factory=dict)  # evaluation of the start
+    policy_only_after: dict = field(default_factory=dict)   # ... of the learner's last
 
     def successes(self) -> dict[str, int]:
         """Successful episodes: by the policy alone, and with the operator's help."""
@@ -74,25 +78,38 @@ def make_plots(rec: RunRecord, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
 
-    # 1. episodes: success and intervention rate
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    # 1. episodes: successes by the policy alone and operator-assisted, intervention rate
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     eps = np.array([e.episode for e in rec.episodes])
     if len(eps):
-        succ = np.array([e.success for e in rec.episodes], float)
+        from matplotlib.ticker import MaxNLocator
+
+        alone = np.array([e.policy_alone for e in rec.episodes], float)
+        assisted = np.array([e.success and not e.policy_alone for e in rec.episodes], float)
         inter = np.array([e.intervention_rate for e in rec.episodes], float)
-        ax.bar(eps - 0.2, succ, width=0.4, color="tab:green", alpha=0.35, label="success (0/1)")
-        ax.bar(eps + 0.2, inter, width=0.4, color="tab:orange", alpha=0.35,
-               label="intervention rate")
-        ax.plot(eps, _rolling(succ, 5), "-o", color="tab:green", label="success, 5-ep mean")
-        ax.plot(eps, _rolling(inter, 5), "-o", color="tab:orange",
-                label="intervention rate, 5-ep mean")
-        ax.set_xticks(eps)
+        w = 0.8 if len(eps) < 40 else 1.0
+        ax.bar(eps, alone, width=w, color="tab:green", alpha=0.45,
+               label="success by the policy alone")
+        ax.bar(eps, assisted, width=w, bottom=alone, color="tab:blue", alpha=0.3,
+               label="success, operator-assisted")
+        n = max(3, len(eps) // 10)
+        ax.plot(eps, _rolling(alone, n), "-", color="tab:green", lw=2,
+                label=f"policy-alone success, {n}-episode mean")
+        ax.plot(eps, _rolling(inter, n), "-", color="tab:orange", lw=2,
+                label=f"intervention rate, {n}-episode mean")
+        ax.plot(eps, inter, ".", color="tab:orange", alpha=0.5, ms=4)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=12, integer=True))
     else:
         ax.text(0.5, 0.5, "no complete episode", ha="center", transform=ax.transAxes)
     ax.set_ylim(-0.02, 1.05)
     ax.set_xlabel("episode")
     ax.set_ylabel("fraction")
-    ax.set_title("Success and human intervention per episode")
+    title = f"Success and human intervention per episode (shift: {rec.shift})"
+    b, a = rec.policy_only_before, rec.policy_only_after
+    if b:
+        title += (f"\npolicy-only evaluation: {100 * b['success_rate']:.0f}% before"
+                  + (f", {100 * a['success_rate']:.0f}% after" if a else ""))
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     paths.append(_save(fig, out_dir / "episodes.png"))
@@ -143,6 +160,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _eval_text(e: dict) -> str:
+    if not e:
+        return "not measured"
+    return f"{e['successes']}/{e['episodes']} ({100 * e['success_rate']:.0f}%)"
+
+
 def summary_text(rec: RunRecord, plots: list[Path], out_dir: Path) -> str:
     n = len(rec.episodes)
     succ = sum(e.success for e in rec.episodes)
@@ -154,6 +177,10 @@ def summary_text(rec: RunRecord, plots: list[Path], out_dir: Path) -> str:
         f"sim fine-tuning run: {rec.duration_s:.0f} s",
         "nodes: " + ", ".join(f"{k} {'up' if v else 'NEVER SEEN'}"
                               for k, v in rec.nodes_up.items()),
+        f"start: {rec.start or '-'}; shift: {rec.shift}",
+        f"policy-only evaluation (fixed placements, mean action, no operator): "
+        f"{_eval_text(rec.policy_only_before)} before, "
+        f"{_eval_text(rec.policy_only_after)} after",
         f"episodes: {n} complete, {succ} successful: {split['policy_alone']} by the policy "
         f"alone, {split['operator_assisted']} operator-assisted; mean intervention rate "
         f"{inter:.0%}",

@@ -1,14 +1,23 @@
 """`drqv2-ros sim-finetune`: the whole product in simulation, in one command.
 
-1. Start checkpoint: the user's RoboBase snapshot (``--snapshot``), or one this project
-   makes in RoboBase's snapshot layout; either way it is converted (the conversion path is
-   always exercised).
-2. The fine-tuning graph against the MuJoCo SO-101 (driver with rendering, policy, learner,
-   teleop fed by the scripted operator through the same Joy path a human uses, the bag
-   recorder), each node its own process on a private ROS_DOMAIN_ID.
-3. Progress while it runs; part-way, a hot-swap to the learner's latest checkpoint through
+1. Start checkpoint: by default the start policy made in simulation
+   (``demo/start_policy.py``: scripted demos from the ``wrist_view`` pose, behaviour cloning,
+   the critic; made once, ~6-7 minutes on 2 cores, then reused from
+   ``runs/start_policy/``); or ``--checkpoint`` (a converted folder), ``--snapshot`` (your
+   RoboBase snapshot, converted), ``--scratch`` (a project-made RoboBase-layout snapshot of
+   random weights, converted).
+2. Its policy-only success under the shift (``--shift``, default ``real_proxy``), measured
+   in-process before the graph starts: ``--eval-episodes`` fixed placements, mean action,
+   no operator, the driver's render.
+3. The fine-tuning graph against the MuJoCo SO-101 under that shift (driver with rendering,
+   policy, learner, teleop fed by the scripted operator through the same Joy path a human
+   uses, taking over when the policy stalls, the bag recorder), each node its own process
+   on a private ROS_DOMAIN_ID.
+4. Progress while it runs; part-way, a hot-swap to the learner's latest checkpoint through
    ``/load_checkpoint``; at the end (budget or Ctrl-C) every process is stopped cleanly.
-4. A report: text, JSON, PNG plots and TensorBoard logs, with their paths printed.
+5. The learner's last checkpoint evaluated like the start (policy alone, the same
+   placements), then a report: text, JSON, PNG plots and TensorBoard logs, with their paths
+   printed; policy-alone success before and after, assisted successes apart.
 """
 
 from __future__ import annotations
@@ -47,12 +56,13 @@ def _demo_params(a) -> dict:
             "publish_weights_period_s": a.weights_period, "online_capacity": 20000,
             "offline_capacity": 10000, "torch_threads": 1, "metrics_period_s": 2.0,
             "max_updates_per_second": a.max_updates_per_second}},
-        # HIL: the operator takes over in about half the episodes, for a few seconds each.
+        # HIL: 'assist' takes over when the policy stalls or heads away (a person watching
+        # it); 'schedule' in about half the episodes, for a few seconds each.
         "scripted_operator": {"ros__parameters": {
-            "seed": a.seed, "intervene_every_n_episodes": 0,
+            "seed": a.seed, "intervene_every_n_episodes": 0, "takeover": a.operator,
             "intervene_probability": a.intervene_probability, "intervene_start_s": 0.5,
             "intervene_duration_s": 3.0}},
-        "so101_driver": {"ros__parameters": {"seed": a.seed}},
+        "so101_driver": {"ros__parameters": {"seed": a.seed, "sim_shift": a.shift}},
         # The run's bag: the transition stream and the small topics (raw 640x480 frames
         # would add ~9 MB/s; `drqv2-ros record` records them when asked).
         "recorder": {"ros__parameters": {"topics": [
@@ -61,9 +71,22 @@ def _demo_params(a) -> dict:
     }
 
 
-def prepare_checkpoint(out: Path, snapshot: str | None, seed: int) -> tuple[Path, str]:
+def prepare_checkpoint(out: Path, snapshot: str | None, seed: int, *, checkpoint: str = "",
+                       scratch: bool = False, progress: bool = True) -> tuple[Path, str]:
     from drqv2_ros.convert.robobase import convert_snapshot, make_robobase_snapshot
 
+    if checkpoint:
+        return Path(checkpoint), f"checkpoint {checkpoint}"
+    if not snapshot and not scratch:
+        from drqv2_ros.demo.start_policy import StartPolicyRecipe, cached_start_policy
+
+        path, info, reused = cached_start_policy(StartPolicyRecipe(seed=seed),
+                                                 progress=progress)
+        nominal = info.get("nominal_policy_only") or {}
+        return path, (f"start policy {path} ({'reused' if reused else 'made now'}, "
+                      f"{info['seconds']['total']:.0f} s to make; nominal policy-only "
+                      f"success {nominal.get('successes', '?')}/{nominal.get('episodes', '?')}"
+                      f"; how: {Path(path).parents[1] / 'start_policy.json'})")
     if snapshot:
         src = Path(snapshot)
         origin = f"user snapshot {src}"
@@ -235,6 +258,61 @@ class Monitor:
         self.rclpy.shutdown()
 
 
+def _check_options(ap: argparse.ArgumentParser, a) -> None:
+    """Every option checked before any work (exit 2, the option named)."""
+    import math
+
+    from drqv2_ros.robot.sim_shift import shift_named
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            ap.error(what)
+
+    need(math.isfinite(a.minutes) and 0 < a.minutes <= 24 * 60, "--minutes must be in (0, 1440]")
+    need(math.isfinite(a.hot_swap_at) and 0 <= a.hot_swap_at <= 1,
+         "--hot-swap-at must be in [0, 1]")
+    for name, lo in (("episode_steps", 1), ("batch_size", 1), ("warmup", 0),
+                     ("checkpoint_every", 1), ("eval_episodes", 0)):
+        v = getattr(a, name)
+        need(lo <= v <= 1_000_000, f"--{name.replace('_', '-')} must be in [{lo}, 1000000]")
+    for name in ("utd_ratio", "weights_period", "max_updates_per_second"):
+        v = getattr(a, name)
+        need(math.isfinite(v) and v >= 0, f"--{name.replace('_', '-')} must be finite, >= 0")
+    need(a.weights_period > 0, "--weights-period must be > 0")
+    need(math.isfinite(a.intervene_probability) and 0 <= a.intervene_probability <= 1,
+         "--intervene-probability must be in [0, 1]")
+    need(0 <= a.seed < 2**31, "--seed must be in [0, 2**31)")
+    need(sum(map(bool, (a.snapshot, a.checkpoint, a.scratch))) <= 1,
+         "--snapshot, --checkpoint and --scratch exclude each other")
+    try:
+        shift_named(a.shift)
+    except ValueError as exc:
+        ap.error(f"--shift: {exc}")
+
+
+def _evaluate(checkpoint: Path, out: Path, a) -> dict:
+    """Policy-only success of ``checkpoint`` under the run's shift, on the driver's render
+    (the graph's camera: 640x480, every mesh), at fixed placements."""
+    from drqv2_ros.bringup.graph import rendering_environment
+    from drqv2_ros.demo.sim_train import evaluate_policy
+    from drqv2_ros.robot.driver_setup import DriverParams
+
+    os.environ.update(rendering_environment(os.environ))
+    d = DriverParams()
+    t0 = time.monotonic()
+    ev = evaluate_policy(str(checkpoint), str(out), episodes=a.eval_episodes, shift=a.shift,
+                         render=d.sim_render, render_size=(d.render_width, d.render_height),
+                         episode_steps=a.episode_steps, seed=a.seed)
+    return {"checkpoint": str(checkpoint), "episodes": len(ev.episodes),
+            "successes": sum(e.success for e in ev.episodes),
+            "success_rate": ev.success_rate, "seconds": time.monotonic() - t0}
+
+
+def _fmt_eval(e: dict) -> str:
+    return (f"policy-only success {e['successes']}/{e['episodes']} "
+            f"({100 * e['success_rate']:.0f}%)")
+
+
 def _bag_info(path: Path) -> dict:
     info = {"path": str(path), "messages": 0, "bytes": 0, "topics": {}}
     if not path.exists():
@@ -255,8 +333,19 @@ def sim_finetune_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="drqv2-ros sim-finetune", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=4.0, help="run budget (default 4)")
-    ap.add_argument("--snapshot", default="", help="your RoboBase snapshot (.pt); default: "
-                    "a project-made one in RoboBase's layout")
+    ap.add_argument("--snapshot", default="", help="your RoboBase snapshot (.pt), converted; "
+                    "default: the start policy made in simulation")
+    ap.add_argument("--checkpoint", default="", help="a converted checkpoint folder to start "
+                    "from")
+    ap.add_argument("--scratch", action="store_true", help="start from random weights (a "
+                    "project-made RoboBase-layout snapshot, converted)")
+    ap.add_argument("--shift", default="real_proxy", help="the sim-to-real proxy the robot "
+                    "runs under: none, real_proxy (default) or a SimShift YAML file")
+    ap.add_argument("--eval-episodes", type=int, default=10,
+                    help="policy-only evaluation episodes before and after (default 10; 0: "
+                    "none)")
+    ap.add_argument("--operator", choices=("assist", "schedule"), default="assist",
+                    help="when the scripted operator takes over (default assist)")
     ap.add_argument("--out", default="", help="output folder (default runs/sim_finetune/<time>)")
     ap.add_argument("--hot-swap-at", type=float, default=0.6,
                     help="fraction of the budget at which to hot-swap (default 0.6)")
@@ -273,13 +362,20 @@ def sim_finetune_main(argv: list[str]) -> int:
     ap.add_argument("--device", default="auto",
                     help="learner device: auto (CUDA when available), cpu, cuda, cuda:N")
     a = ap.parse_args(argv)
+    _check_options(ap, a)
 
     out = Path(a.out or f"runs/sim_finetune/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     budget = a.minutes * 60.0
     print(f"[sim-finetune] output: {out}", flush=True)
-    checkpoint, origin = prepare_checkpoint(out, a.snapshot or None, a.seed)
+    checkpoint, origin = prepare_checkpoint(out, a.snapshot or None, a.seed,
+                                            checkpoint=a.checkpoint, scratch=a.scratch)
     print(f"[sim-finetune] start checkpoint: {origin}", flush=True)
+    rec = RunRecord(shift=a.shift, start=str(checkpoint))
+    if a.eval_episodes:
+        rec.policy_only_before = _evaluate(checkpoint, out / "eval_before", a)
+        print(f"[sim-finetune] before: {_fmt_eval(rec.policy_only_before)} under {a.shift}",
+              flush=True)
 
     import yaml
 
@@ -294,7 +390,6 @@ def sim_finetune_main(argv: list[str]) -> int:
                        output_dir=str(out / "learner"), extra_params_file=str(params),
                        learner_device=a.device)
     shm_before = _shm_files()
-    rec = RunRecord()
     stop = {"flag": False}
 
     def _stop(signum, frame):
@@ -355,6 +450,9 @@ def sim_finetune_main(argv: list[str]) -> int:
     time.sleep(0.5)
     rec.cleaned_shm, rec.leftover_shm = _release_shm(shm_before, domain_id)
     rec.bag = _bag_info(out / "bag")
+    last = out / "learner" / "checkpoints" / "last"
+    if a.eval_episodes and (last / "model.safetensors").exists():
+        rec.policy_only_after = _evaluate(last, out / "eval_after", a)
     text, _plots = write_report(rec, out)
     print("\n" + text, flush=True)
     print(f"\n[sim-finetune] report: {out / 'report.txt'} (JSON: {out / 'report.json'})")

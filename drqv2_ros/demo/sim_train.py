@@ -387,6 +387,21 @@ class SimTrainer:
             env.close()
 
 
+def evaluate_policy(checkpoint: str, out: str, *, episodes: int, shift: str = "none",
+                    render: str = "fast", render_size: tuple[int, int] = (160, 120),
+                    episode_steps: int = 60, seed: int = 0) -> Evaluation:
+    """The policy-only evaluation of ``checkpoint`` alone (no learner): ``episodes`` fixed
+    seeded placements, mean action, no operator, under ``shift``."""
+    t = SimTrainer(SimTrainConfig(checkpoint=checkpoint, out=out, train=False, shift=shift,
+                                  render=render, render_width=render_size[0],
+                                  render_height=render_size[1], episode_steps=episode_steps,
+                                  eval_episodes=episodes, seed=seed))
+    try:
+        return t.evaluate()
+    finally:
+        t.close()
+
+
 def run(cfg: SimTrainConfig, progress: bool = True) -> dict:
     """Train for ``cfg.episodes`` episodes with evaluations; returns (and writes) the
     report."""

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 INFO = "start_policy.json"
@@ -63,7 +63,7 @@ def build_start_policy(r: StartPolicyRecipe, out: str | os.PathLike,
     """Demos, pretrain and the nominal evaluation into ``out`` (a new folder); returns the
     checkpoint folder and the information written to ``out/start_policy.json``."""
     from drqv2_ros.demo.pretrain import PretrainConfig, pretrain
-    from drqv2_ros.demo.sim_train import SimTrainConfig, SimTrainer, demos_config, run
+    from drqv2_ros.demo.sim_train import SimTrainConfig, demos_config, evaluate_policy, run
 
     out = Path(out)
     t0 = time.perf_counter()
@@ -82,12 +82,10 @@ def build_start_policy(r: StartPolicyRecipe, out: str | os.PathLike,
     nominal = None
     t_eval = time.perf_counter()
     if r.eval_episodes > 0:
-        t = SimTrainer(replace(sim, out=str(out / "nominal_eval"), checkpoint=str(checkpoint),
-                               train=False))
-        try:
-            ev = t.evaluate()
-        finally:
-            t.close()
+        ev = evaluate_policy(str(checkpoint), str(out / "nominal_eval"),
+                             episodes=r.eval_episodes, render=r.render,
+                             render_size=r.render_size, episode_steps=r.episode_steps,
+                             seed=r.seed)
         nominal = {"success_rate": ev.success_rate, "episodes": len(ev.episodes),
                    "successes": sum(e.success for e in ev.episodes)}
     info = {

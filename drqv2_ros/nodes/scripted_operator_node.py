@@ -55,10 +55,13 @@ class ScriptedOperatorParams:
                                   "-0.022: the fixed jaw beside the cube's -y face")
     stall_ticks: int = param(8, "ticks without descent progress (jaws blocked) before closing")
     lift_z: float = param(0.15, "lift target height (m)")
-    xy_tolerance: float = param(0.008, "xy alignment tolerance (m)")
+    xy_tolerance: float = param(0.012, "xy alignment tolerance (m): over the cube within it")
     z_tolerance: float = param(0.008, "z tolerance (m)")
     close_ticks: int = param(15, "ticks of closing before lifting anyway")
     closed_opening: float = param(0.35, "gripper_opening below which the gripper is closed")
+    clear_xy_m: float = param(0.04, "a low gripper this close to the cube (xy, m) rises "
+                                    "before moving sideways")
+    open_opening: float = param(0.8, "gripper_opening above which the gripper is open")
     seed: int = param(0, "random seed of intervene_probability")
     takeover: str = param("schedule", "when to take over: 'schedule' (intervene_* above) or "
                                       "'assist' (when the policy stalls or heads away)")
