@@ -67,9 +67,9 @@ SCALES = {
     "smoke": Scale(demo_episodes=2, pretrain_updates=4, pretrain_batch=16, finetune_episodes=2,
                    episode_steps=10, eval_every=1, eval_episodes=1, batch_size=16,
                    utd_ratio=0.5, warmup=10, bc_updates=4, render="wrist_only"),
-    # ~6 min start policy + ~12-15 min per fine-tuning variant on 2 cores
+    # ~7 min start policy + ~20 min per fine-tuning variant on 2 cores
     "cpu": Scale(demo_episodes=30, pretrain_updates=300, pretrain_batch=64,
-                 finetune_episodes=150, episode_steps=60, eval_every=25, eval_episodes=20,
+                 finetune_episodes=120, episode_steps=60, eval_every=20, eval_episodes=20,
                  batch_size=64, utd_ratio=0.5, warmup=300, freeze_encoder=True),
     "gpu": Scale(demo_episodes=40, pretrain_updates=1000, pretrain_batch=256,
                  finetune_episodes=300, episode_steps=60, eval_every=30, eval_episodes=20,

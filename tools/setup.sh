@@ -121,10 +121,39 @@ if ! stamp_ok lerobot "$lkey"; then
   { "$VPY" -m pip install -q -r "$LREQ" torch==2.13.0 \
       && "$VPY" -m pip install -q --no-deps "lerobot==$LEROBOT_VERSION"; } >"$LLOG" 2>&1 \
     || { tail -40 "$LLOG" >&2; exit 1; }
+  "$VPY" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.13.0") else "torch moved")' \
+    >>"$LLOG" 2>&1 || { tail -40 "$LLOG" >&2; log "torch changed while installing lerobot"; exit 1; }
   "$VPY" -c 'from drqv2_ros.robot.feetech_backend import import_lerobot_follower as f; f()' \
     >>"$LLOG" 2>&1 || { tail -40 "$LLOG" >&2; log "LeRobot's SO-101 follower does not import"; exit 1; }
   stamp_set lerobot "$lkey"
 fi
 # <<< feetech backend <<<
+
+# >>> LeRobot policy, dataset and rl modules (README: LeRobot) >>>
+# torchvision 0.28.0 is the only wheel for torch 2.13 and a CUDA build: installed without
+# dependencies (so torch stays 2.13.0+cpu), plus a lazy import hook of this set-up
+# (tools/torchvision_fix: a .pth that, on the first `import torchvision` and only when its
+# compiled extension cannot load against this torch, defines the two operator schemas its
+# meta registrations need). Then what LeRobot's policies, datasets and rl modules import.
+TVFIX="$ROOT/tools/torchvision_fix/drqv2_torchvision_fix.py"
+tkey="$(hash_of "$LREQ" "$TVFIX")-torchvision0.28.0-$lkey"
+check_torch() {
+  "$VPY" -c 'import torch, sys; v = torch.__version__; sys.exit(0 if v == "2.13.0+cpu" or v.startswith("2.13.0") else f"torch is {v}, not 2.13.0")' \
+    || { log "torch changed during the set-up ($1)"; exit 1; }
+}
+if ! stamp_ok lerobot_modules "$tkey"; then
+  log "installing torchvision 0.28.0 (--no-deps) and the torchvision import fix"
+  TLOG="$STAMPS/torchvision-pip.log"
+  "$VPY" -m pip install -q --no-deps "torchvision==0.28.0" >"$TLOG" 2>&1 \
+    || { tail -40 "$TLOG" >&2; exit 1; }
+  check_torch "torchvision"
+  cp "$TVFIX" "$SITE/drqv2_torchvision_fix.py"
+  printf 'import drqv2_torchvision_fix\n' >"$SITE/drqv2_torchvision_fix.pth"
+  "$VPY" -c 'import torchvision, torchvision.transforms, lerobot.configs.policies, lerobot.policies.pretrained, lerobot.policies.factory, lerobot.datasets.lerobot_dataset, lerobot.rl.buffer, lerobot.rl.learner' \
+    >>"$TLOG" 2>&1 || { tail -40 "$TLOG" >&2; log "LeRobot's policy/dataset/rl modules do not import"; exit 1; }
+  check_torch "lerobot modules"
+  stamp_set lerobot_modules "$tkey"
+fi
+# <<< LeRobot policy, dataset and rl modules <<<
 
 log "ready: $VENV"
