@@ -323,3 +323,40 @@ def test_shift_from_a_yaml_file(tmp_path):
     with pytest.raises(SystemExit) as exc:
         sim_train_main(["--shift", "mars", "--out", str(tmp_path / "o")])
     assert exc.value.code == 2 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--eval-every", "-1"], "--eval-every"), (["--render-size", "0", "0"], "--render-size"),
+    (["--render-size", "100000", "100000"], "--render-size"), (["--batch-size", "0"],
+                                                               "--batch-size"),
+    (["--utd-ratio", "inf"], "--utd-ratio"), (["--utd-ratio", "nan"], "--utd-ratio"),
+    (["--utd-ratio", "-1"], "--utd-ratio"), (["--episodes", "-5"], "--episodes"),
+    (["--seed", "-1"], "--seed"), (["--episode-steps", "1000000000"], "--episode-steps"),
+    (["--envs", "0"], "--envs"), (["--intervene-probability", "2"], "--intervene-probability"),
+    (["--bc-weight", "nan"], "--bc-weight"), (["--eval-episodes", "-2"], "--eval-episodes")])
+def test_sim_train_options_refuse_nonsense_before_any_work(tmp_path, capsys, args, option):
+    with pytest.raises(SystemExit) as exc:
+        sim_train_main(["--out", str(tmp_path / "o"), *args])
+    assert exc.value.code == 2 and option in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_sim_train_refuses_existing_outputs(tmp_path, capsys):
+    bag = tmp_path / "bag"
+    bag.mkdir()
+    with pytest.raises(SystemExit) as exc:
+        sim_train_main(["--out", str(tmp_path / "o"), "--record-bag", str(bag)])
+    assert exc.value.code == 2 and "--record-bag" in capsys.readouterr().err
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "sim_train.json").write_text("{}")
+    (done / "demos").mkdir()
+    for extra in ([], ["--demos-only"]):
+        with pytest.raises(SystemExit) as exc:
+            sim_train_main(["--out", str(done), *extra])
+        assert exc.value.code == 2 and "--out" in capsys.readouterr().err
+    (done / "sim_train.json").unlink()
+    with pytest.raises(SystemExit) as exc:  # a second --demos-only into the same --out
+        sim_train_main(["--out", str(done), "--demos-only"])
+    assert exc.value.code == 2 and "--record-bag" in capsys.readouterr().err
+    assert sorted(p.name for p in done.iterdir()) == ["demos"]

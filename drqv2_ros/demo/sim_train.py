@@ -480,6 +480,44 @@ def summary(report: dict) -> str:
             f"{r['mode']} {r['width']}x{r['height']}, shift {report['shift']}")
 
 
+#: (option, lowest, highest) of the integer options; each is checked before any work
+_INT_RANGES = (("episodes", 1, 1_000_000), ("episode_steps", 1, 100_000),
+               ("batch_size", 1, 65_536), ("warmup", 0, 10**9), ("eval_every", 0, 1_000_000),
+               ("eval_episodes", 0, 10_000), ("seed", 0, 2**31 - 1), ("envs", 1, 64))
+#: the largest render the offscreen buffer takes (and ~37 MB a frame at most)
+MAX_RENDER_PX = 4096
+
+
+def check_options(ap: argparse.ArgumentParser, a) -> None:
+    """Every sim-train option checked before any work: exit 2 with the option and its
+    allowed range; an existing result or bag is refused (nothing is overwritten)."""
+    import math
+
+    for name, lo, hi in _INT_RANGES:
+        v = getattr(a, name)
+        if not lo <= v <= hi:
+            ap.error(f"--{name.replace('_', '-')} must be in [{lo}, {hi}], got {v}")
+    w, h = a.render_size
+    if not (16 <= w <= MAX_RENDER_PX and 16 <= h <= MAX_RENDER_PX):
+        ap.error(f"--render-size must be in [16, {MAX_RENDER_PX}] x [16, {MAX_RENDER_PX}], "
+                 f"got {w} {h}")
+    if not (math.isfinite(a.utd_ratio) and 0 <= a.utd_ratio <= 64):
+        ap.error(f"--utd-ratio must be finite, in [0, 64], got {a.utd_ratio}")
+    if not (math.isfinite(a.bc_weight) and 0 <= a.bc_weight <= 1e6):
+        ap.error(f"--bc-weight must be finite, in [0, 1e6], got {a.bc_weight}")
+    if not (math.isfinite(a.intervene_probability) and 0 <= a.intervene_probability <= 1):
+        ap.error(f"--intervene-probability must be in [0, 1], got {a.intervene_probability}")
+    try:
+        shift_named(a.shift)
+    except ValueError as exc:
+        ap.error(f"--shift: {exc}")
+    if a.out and (Path(a.out) / "sim_train.json").exists():
+        ap.error(f"--out: {a.out} already holds a sim-train result: choose a new folder")
+    bag = a.record_bag or (str(Path(a.out) / "demos") if a.demos_only and a.out else "")
+    if bag and Path(bag).exists():
+        ap.error(f"--record-bag: {bag} exists: choose a new bag path")
+
+
 def sim_train_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="drqv2-ros sim-train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -526,10 +564,7 @@ def sim_train_main(argv: list[str]) -> int:
                     "start to end, steps flagged is_demo, no learner; written to "
                     "--record-bag (default <out>/demos) for `drqv2-ros pretrain`")
     a = ap.parse_args(argv)
-    try:
-        shift_named(a.shift)
-    except ValueError as exc:
-        ap.error(f"--shift: {exc}")
+    check_options(ap, a)
     from drqv2_ros.bringup.graph import rendering_environment
 
     os.environ.update(rendering_environment(os.environ))  # before mujoco renders
