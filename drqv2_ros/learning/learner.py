@@ -442,9 +442,6 @@ class DrQV2Learner:
         Returns the device metrics (no host wait). ``critic_only``: see :meth:`update`."""
         cfg = self.config
         p = self.policy
-        low, next_low = (b["low_dim"], b["next_low_dim"]) if cfg.low_dim_size > 0 else (None,
-                                                                                         None)
-        time_obs, next_time_obs = b.get("time_obs"), b.get("next_time_obs")
 
         # 1-2. augmentation (once per image) and encoding
         rgb = self.augment(b["rgb"], rnd["shift"])
@@ -467,11 +464,7 @@ class DrQV2Learner:
                 next_fused = self.encode(next_rgb)
 
         # 3-4. critic + encoder
-        target = self.target_q(b["reward"], b["discount"], next_low, next_fused, std,
-                               next_time_obs, noise=rnd["target_noise"])
-        with self._autocast():
-            qs = p.critic(low, fused, b["action"], time_obs).float()
-        critic_loss = F.mse_loss(qs, target.expand_as(qs))
+        critic_loss, qs, target = self.critic_loss(b, rnd, std, fused, next_fused)
         check("critic", critic_loss)
         self.encoder_opt.zero_grad(set_to_none=True)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -490,14 +483,8 @@ class DrQV2Learner:
             self.encoder_opt.step()
 
         # 5. actor on detached features
-        feats = fused.detach()
-        dist = self.actor_dist(low, feats, std)
-        action = dist.sample(clip=cfg.stddev_clip, noise=rnd["actor_noise"])
-        with _frozen(p.critic), self._autocast():
-            q_pi = p.critic(low, feats, action, time_obs).float()
-        actor_q_loss = -q_pi.min(-1, keepdim=True)[0].mean()
-        bc_loss, n_bc = self.bc_loss(dist.mean, b["action"], b["bc_mask"], b["bc_count"])
-        actor_loss = actor_q_loss + bc_loss if n_bc else actor_q_loss
+        actor_loss, actor_q_loss, bc_loss, n_bc, dist = self.actor_loss(b, rnd, std,
+                                                                        fused.detach())
         check("actor", actor_loss)
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
@@ -523,6 +510,38 @@ class DrQV2Learner:
             if n_bc:
                 values["actor_bc_loss"] = bc_loss.detach()
         return values
+
+    def critic_loss(self, b: Mapping[str, Any], rnd: Mapping[str, torch.Tensor | None],
+                    std: float | torch.Tensor, fused: torch.Tensor, next_fused: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Steps 3-4's loss (facebookresearch/drqv2 ``update_critic``, RoboBase's mean over
+        batch and critics): ``mean_i (Q_i(s, a) - y)**2`` with the TD target ``y`` of
+        :meth:`target_q`. Returns (loss, qs (B, N), target (B, 1))."""
+        cfg, p = self.config, self.policy
+        low = b["low_dim"] if cfg.low_dim_size > 0 else None
+        next_low = b["next_low_dim"] if cfg.low_dim_size > 0 else None
+        target = self.target_q(b["reward"], b["discount"], next_low, next_fused, std,
+                               b.get("next_time_obs"), noise=rnd["target_noise"])
+        with self._autocast():
+            qs = p.critic(low, fused, b["action"], b.get("time_obs")).float()
+        return F.mse_loss(qs, target.expand_as(qs)), qs, target
+
+    def actor_loss(self, b: Mapping[str, Any], rnd: Mapping[str, torch.Tensor | None],
+                   std: float | torch.Tensor, feats: torch.Tensor):
+        """Step 5's loss (facebookresearch/drqv2 ``update_actor``): ``-min_i Q_i(s, a)`` for
+        ``a ~ pi(s)`` sampled with the scheduled std and ``stddev_clip`` on the DETACHED
+        features ``feats``, the critics frozen, plus RoboBase's BC term where enabled.
+        Returns (loss, q part, bc part, bc sample count, the actor's distribution)."""
+        cfg, p = self.config, self.policy
+        low = b["low_dim"] if cfg.low_dim_size > 0 else None
+        dist = self.actor_dist(low, feats, std)
+        action = dist.sample(clip=cfg.stddev_clip, noise=rnd["actor_noise"])
+        with _frozen(p.critic), self._autocast():
+            q_pi = p.critic(low, feats, action, b.get("time_obs")).float()
+        actor_q_loss = -q_pi.min(-1, keepdim=True)[0].mean()
+        bc_loss, n_bc = self.bc_loss(dist.mean, b["action"], b["bc_mask"], b["bc_count"])
+        actor_loss = actor_q_loss + bc_loss if n_bc else actor_q_loss
+        return actor_loss, actor_q_loss, bc_loss, n_bc, dist
 
     def bc_update(self, batch: Mapping[str, Any], lr: float) -> dict[str, float]:
         """One behaviour-cloning step (pretraining; not part of RoboBase's update): the
