@@ -134,9 +134,10 @@ fi
 # dependencies (so torch stays 2.13.0+cpu), plus a lazy import hook of this set-up
 # (tools/torchvision_fix: a .pth that, on the first `import torchvision` and only when its
 # compiled extension cannot load against this torch, defines the two operator schemas its
-# meta registrations need). Then what LeRobot's policies, datasets and rl modules import.
+# meta registrations need). Then what LeRobot's policies, datasets and rl modules import,
+# and this repository's LeRobot policy plugin.
 TVFIX="$ROOT/tools/torchvision_fix/drqv2_torchvision_fix.py"
-tkey="$(hash_of "$LREQ" "$TVFIX")-torchvision0.28.0-$lkey"
+tkey="$(hash_of "$LREQ" "$TVFIX" "$ROOT/lerobot_plugin/pyproject.toml")-torchvision0.28.0-$lkey"
 check_torch() {
   "$VPY" -c 'import torch, sys; v = torch.__version__; sys.exit(0 if v == "2.13.0+cpu" or v.startswith("2.13.0") else f"torch is {v}, not 2.13.0")' \
     || { log "torch changed during the set-up ($1)"; exit 1; }
@@ -152,6 +153,13 @@ if ! stamp_ok lerobot_modules "$tkey"; then
   "$VPY" -c 'import torchvision, torchvision.transforms, lerobot.configs.policies, lerobot.policies.pretrained, lerobot.policies.factory, lerobot.datasets.lerobot_dataset, lerobot.rl.buffer, lerobot.rl.learner' \
     >>"$TLOG" 2>&1 || { tail -40 "$TLOG" >&2; log "LeRobot's policy/dataset/rl modules do not import"; exit 1; }
   check_torch "lerobot modules"
+  # the DrQ-v2 policy plugin (lerobot_plugin/: distribution lerobot_policy_drqv2, found by
+  # LeRobot's register_third_party_plugins), editable, no dependencies
+  "$VPY" -m pip install -q --no-deps --no-build-isolation -e "$ROOT/lerobot_plugin" \
+    >>"$TLOG" 2>&1 || { tail -40 "$TLOG" >&2; exit 1; }
+  "$VPY" -c 'from lerobot.utils.import_utils import register_third_party_plugins as r; r(); from lerobot.policies.factory import get_policy_class as g; g("drqv2")' \
+    >>"$TLOG" 2>&1 || { tail -40 "$TLOG" >&2; log "the drqv2 LeRobot plugin is not found"; exit 1; }
+  check_torch "lerobot plugin"
   stamp_set lerobot_modules "$tkey"
 fi
 # <<< LeRobot policy, dataset and rl modules <<<

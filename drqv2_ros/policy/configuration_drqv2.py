@@ -26,6 +26,14 @@ from drqv2_ros.policy.schedule import ScheduleError, parse_schedule, schedule
 CONFIG_NAME = "config.json"
 #: Fields of older config.json files that were training counters (now ``counters.json``).
 LEGACY_COUNTERS = ("main_loop_iterations", "pretrain_step", "global_env_episode")
+#: Fields a LeRobot ``save_pretrained`` adds to config.json (LeRobot 0.4's PreTrainedConfig,
+#: and the lerobot_policy_drqv2 plugin's own): not this network's description, so they are
+#: read past, and nothing else unknown is.
+LEROBOT_FIELDS = (
+    "n_obs_steps", "normalization_mapping", "input_features", "output_features", "device",
+    "use_amp", "use_peft", "push_to_hub", "repo_id", "private", "tags", "license",
+    "pretrained_path", "shared_encoder", "num_discrete_actions", "vision_encoder_name",
+    "freeze_vision_encoder", "augment_in_policy", "update_seed")
 
 # The per-frame low-dim layouts of the pick-101 SO-101 checkpoints (see docs/convert.md).
 # Each entry is (name, size, unit). Angles are radians and positions metres, exactly as the
@@ -332,7 +340,9 @@ class DrQV2Config:
         :meth:`legacy_counters`)."""
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
-        data = {k: v for k, v in data.items() if k not in LEGACY_COUNTERS}
+        data = {k: v for k, v in data.items()
+                if k not in LEGACY_COUNTERS and k not in LEROBOT_FIELDS}
+        data.setdefault("type", "drqv2")  # LeRobot's draccus dump writes it first, or not
         if isinstance(data.get("defaulted"), list):
             data["defaulted"] = [d for d in data["defaulted"] if d not in LEGACY_COUNTERS]
         names = [f.name for f in dataclasses.fields(cls)]

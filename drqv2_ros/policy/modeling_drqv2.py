@@ -59,6 +59,7 @@ from drqv2_ros.policy.file_limits import (
     read_text,
     safetensors_header,
 )
+from drqv2_ros.policy.lerobot_format import write_processor_files
 from drqv2_ros.policy.training_counters import COUNTERS_NAME, TrainingCounters
 
 WEIGHTS_NAME = "model.safetensors"
@@ -608,6 +609,7 @@ class DrQV2Policy(DrQV2Model):
         atomic_write_bytes(directory / WEIGHTS_NAME, data)
         self.config.save_pretrained(directory)
         self.training_counters.save(directory)
+        write_processor_files(directory, self.config)  # for LeRobot's make_pre_post_processors
         return directory
 
     @classmethod
