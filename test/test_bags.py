@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from drqv2_ros.bags.episodes import (
@@ -649,3 +650,40 @@ def test_an_ingest_killed_half_way_leaves_the_buffer_as_it_was(tmp_path):
         assert (buf.total_steps_added, buf.episodes_added) == (2, 1)
         summary = ingest_bags([bag], buf)
         assert summary.episodes == 6 and buf.total_steps_added == 2 + len(records)
+
+
+def test_export_opens_as_a_real_lerobot_dataset_equal_to_the_bag(tmp_path):
+    """drqv2-ros export against the real LeRobotDataset (LeRobot 0.4.4, no mock): the dataset
+    opens with LeRobotDataset(repo_id, root=...) and its frames, states, actions, rewards,
+    done/success and intervention flags equal the bag's episodes."""
+    from drqv2_ros.bags.cli import export_main
+    from drqv2_ros.bags.export import ExportUnavailable, lerobot_dataset_class
+
+    try:
+        cls = lerobot_dataset_class()
+    except ExportUnavailable as exc:
+        pytest.skip(f"no LeRobotDataset here: {exc}")
+    recs = synthetic_episodes(3, 6, seed=4)
+    bag = write_bag(tmp_path / "bag", recs)
+    out = tmp_path / "ds"
+    assert export_main([str(bag), str(out), "--no-progress", "--repo-id", "local/demo"]) == 0
+    ds = cls("local/demo", root=out)
+    assert ds.num_episodes == 3 and ds.num_frames == 18 and ds.fps == 30
+    by_episode = {}
+    for r in recs:
+        by_episode.setdefault(r.episode, []).append(r)
+    i = 0
+    for e, steps in sorted(by_episode.items()):
+        for cur, nxt in zip(steps[:-1], steps[1:]):
+            f = ds[i]
+            assert int(f["episode_index"]) == e - min(by_episode)
+            img = (f["observation.images.rgb"] * 255).round().to(torch.uint8).numpy()
+            np.testing.assert_array_equal(img, cur.images[0])  # (C, H, W), exact
+            np.testing.assert_array_equal(f["observation.state"].numpy(), cur.low_dim)
+            np.testing.assert_array_equal(f["action"].numpy(), nxt.action)
+            assert float(f["next.reward"]) == nxt.reward
+            assert bool(f["next.done"]) == nxt.is_last
+            assert bool(f["next.success"]) == (nxt.is_last and nxt.terminated and nxt.reward > 0)
+            assert bool(f["is_intervention"]) == nxt.is_intervention
+            i += 1
+    assert i == len(ds)
