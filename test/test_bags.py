@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from drqv2_ros.bags.episodes import (
     ReadReport,

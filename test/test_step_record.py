@@ -375,3 +375,75 @@ def test_step_stack_grows_and_refuses_a_change_of_frame_size():
         for k, r in enumerate(recs))
     with pytest.raises(StepFormatError, match="differs from the steps before it"):
         stack.append(check_step(ns_msg(make_record(index=9, h=5, w=7))))
+
+
+def test_fast_decoder_and_deserialiser_agree_on_mutated_messages():
+    """Differential: the bag reader's decoding (the fast CDR path, the rosbags deserialiser
+    where the fast path cannot read the bytes) gives, for every mutated message, exactly
+    what the deserialiser alone gives: the same fields, or a refusal on both. Seeded random
+    mutations of real Step CDR (byte flips anywhere, the strings' bytes especially, non
+    UTF-8 included; truncations; insertions), bounded in count and time."""
+    import time
+
+    from drqv2_ros.bags.episodes import decode_step
+    from drqv2_ros.bags.typestore import STEP_TYPE
+    from drqv2_ros.observation.step_cdr import StepCdrDecoder
+    from drqv2_ros.observation.step_record import check_step
+
+    rng = np.random.default_rng(11)
+    t0, n, refused, disagreements = time.monotonic(), 0, 0, []
+    expect = {}
+    decoder = StepCdrDecoder(**expect)  # one per stream, remembering layouts, as the reader
+    for case in range(40):
+        views = 1 + case % 2
+        fids = ["cam" * int(rng.integers(0, 3)) for _ in range(views + 1)]
+        ts, _msg, raw = rosbags_step(rng, index=1 + case % 3, views=views, h=2, w=3, pad=1,
+                                     fids=fids, low=3, act=4)
+        strings = [i for i in range(len(raw)) if 32 <= raw[i] < 127 or raw[i] == 0][:64]
+        for _ in range(75):
+            b = bytearray(raw)
+            kind = rng.integers(0, 6)
+            if kind <= 2:  # flip bytes: anywhere, or in the strings (non-UTF-8 bytes too)
+                where = strings if kind == 2 and strings else range(len(b))
+                for _ in range(int(rng.integers(1, 4))):
+                    b[int(rng.choice(where))] = int(rng.choice([0x80, 0xC3, 0xFF, 0x00,
+                                                                 rng.integers(0, 256)]))
+            elif kind == 3:
+                b = b[:int(rng.integers(0, len(b)))]
+            elif kind == 4:
+                at = int(rng.integers(0, len(b)))
+                b[at:at] = bytes(rng.integers(0, 256, int(rng.integers(1, 6)), dtype=np.uint8))
+            else:  # a length field
+                at = 4 * int(rng.integers(1, len(b) // 4))
+                b[at:at + 4] = int(rng.integers(0, 300)).to_bytes(4, "little")
+            b = bytes(b)
+            n += 1
+            try:
+                got = ("ok", decode_step(b, decoder, ts, expect))
+            except Exception as exc:
+                got = ("refused", type(exc).__name__)
+            try:
+                want = ("ok", check_step(ts.deserialize_cdr(b, STEP_TYPE), **expect))
+            except Exception as exc:
+                want = ("refused", type(exc).__name__)
+            refused += got[0] == "refused"
+            if got[0] != want[0]:
+                disagreements.append((case, got, want))
+            elif got[0] == "ok":
+                f, s = got[1], want[1]
+                diff = [k for k in range(9) if not (f[k] == s[k] or f[k] != f[k] and s[k] != s[k])]
+                if f.frame_ids != s.frame_ids:
+                    diff.append("frame_ids")
+                if len(f.views) != len(s.views) or not all(
+                        x.shape == y.shape and x.tobytes() == y.tobytes()
+                        for x, y in zip(f.views, s.views)):
+                    diff.append("views")
+                for name in ("low_dim", "action"):  # bit for bit: NaN payloads too
+                    x, y = getattr(f, name), getattr(s, name)
+                    if x.dtype != y.dtype or x.tobytes() != y.tobytes():
+                        diff.append(name)
+                if diff:
+                    disagreements.append((case, "fields differ", diff))
+    assert not disagreements, (len(disagreements), disagreements[:3])
+    assert n == 3000 and 100 < refused < n  # both outcomes well represented
+    assert time.monotonic() - t0 < 120

@@ -295,6 +295,20 @@ def check_bags(bags: Sequence[str | os.PathLike], target: TargetShapes | None = 
     return out
 
 
+def decode_step(raw: Any, decode: StepCdrDecoder, typestore: Any, expect: dict, *,
+                own_definition: bool = True) -> StepFields:
+    """One Step message of a bag: straight from its bytes (``decode``) where it is of our
+    definition, else (or where those bytes are not one the fast path reads) through the
+    rosbags deserialiser; both apply ``check_step``'s checks. The fast path accepts nothing
+    the deserialiser refuses (test_bags: a differential test over mutated messages)."""
+    try:
+        if not own_definition:
+            raise UndecodableStepError("the bag's own definition")
+        return decode(raw)
+    except UndecodableStepError:  # a deserialiser for anything else
+        return check_step(typestore.deserialize_cdr(bytes(raw), STEP_TYPE), **expect)
+
+
 def read_episodes(
     bags: Sequence[str | os.PathLike], *, target: TargetShapes | None = None,
     step_topic: str | None = None, report: ReadReport | None = None, progress: bool = False,
@@ -326,13 +340,7 @@ def read_episodes(
                 read += 1
                 bar.update(1)
                 try:
-                    try:  # our definition, little endian: straight from the bytes
-                        if note:
-                            raise UndecodableStepError("the bag's own definition")
-                        rec = decode(raw)
-                    except UndecodableStepError:  # a deserialiser for anything else
-                        rec = check_step(typestore.deserialize_cdr(bytes(raw), STEP_TYPE),
-                                         **expect)
+                    rec = decode_step(raw, decode, typestore, expect, own_definition=not note)
                 except StepFormatError as exc:
                     asm.poison(-1 if exc.episode is None else exc.episode,
                                f"invalid step: {exc}")

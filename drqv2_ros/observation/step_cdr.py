@@ -99,8 +99,9 @@ def _walk(raw: Any) -> _Layout:
     skeleton = [(0, "2s", 2)]
     values = [(4, "iI", 8)]  # the header stamp
     _s, _ns, length = _TIME_LEN.unpack_from(raw, 4)
-    if length == 0 or raw[15 + length] != 0:  # the header's frame id (not kept)
-        raise ValueError(f"bad header frame id of {length} bytes")
+    # the header's frame id (not kept), decoded as the deserialiser decodes it (UTF-8): a
+    # message it would refuse is never accepted here
+    _cdr_string(raw, 16, length)
     skeleton += [(12, "I", 4), (16, f"{length}s", length)]
     pos = _align(16 + length)
     values.append((pos, "II???", 11))  # episode, index, is_first, is_last, terminated
