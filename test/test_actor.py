@@ -305,3 +305,68 @@ def test_the_loader_carries_the_checkpoints_counters(tmp_path):
     p.training_counters = TrainingCounters(main_loop_iterations=777)
     p.save_pretrained(tmp_path / "ckpt")
     assert load_isolated(tmp_path / "ckpt").schedule_step == 777
+
+
+def test_the_loader_cannot_answer_the_wrong_request(tmp_path):
+    """A child that writes one well-formed answer before its real one (or after it) would
+    shift every later reply by one: a random-bytes .pt answered "success", the next good
+    load refused with the previous reason. Each answer carries its request's id: the
+    mismatch is noticed, the child replaced, the request answered by a fresh one."""
+    import sys
+
+    from drqv2_ros.acting.loader import CheckpointLoader
+
+    p = small()
+    p.save_pretrained(tmp_path / "ok")
+    bad = tmp_path / "random.pt"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    marker = tmp_path / "injected"
+    cfg = p.config.to_json().encode()
+    # the first child injects a well-formed "O" answer (a good config, an empty blob) before
+    # it reads anything, then serves as the real child does
+    injector = (
+        "import os, struct, sys\n"
+        f"m = {str(marker)!r}\n"
+        "if not os.path.exists(m):\n"
+        "    open(m, 'w').close()\n"
+        f"    cfg = {cfg!r}\n"
+        "    q = struct.Struct('<Q')\n"
+        "    sys.stdout.buffer.write(b'O' + q.pack(len(cfg)) + cfg + q.pack(0) + b'')\n"
+        "    sys.stdout.buffer.flush()\n"
+        "from drqv2_ros.acting.loader import child_main\n"
+        "sys.exit(child_main())\n")
+
+    class Injected(CheckpointLoader):
+        command = (sys.executable, "-c", injector)
+
+    loader = Injected(timeout_s=60.0)
+    try:
+        with pytest.raises(CheckpointError) as exc:
+            loader.load(bad)
+        assert "another request" not in str(exc.value) and marker.exists()
+        assert loader.load(tmp_path / "ok").summary()["frame_stack"] == 2
+    finally:
+        loader.close()
+    # a child that answers every request twice, the second time "refused: stale": the stray
+    # answer waiting in the pipe is caught before the next request, never read as its answer
+    twice = ("import sys\n"
+             "import drqv2_ros.acting.loader as L\n"
+             "real = L._answer\n"
+             "def _answer(out, tag, rid, *parts):\n"
+             "    real(out, tag, rid, *parts)\n"
+             "    real(out, b'E', rid, b'stale answer')\n"
+             "L._answer = _answer\n"
+             "sys.exit(L.child_main())\n")
+
+    class Twice(CheckpointLoader):
+        command = (sys.executable, "-c", twice)
+
+    loader = Twice(timeout_s=60.0)
+    try:
+        assert loader.load(tmp_path / "ok").summary()["frame_stack"] == 2
+        with pytest.raises(CheckpointError) as exc:
+            loader.load(bad)
+        assert "stale" not in str(exc.value)
+        assert loader.load(tmp_path / "ok").summary()["frame_stack"] == 2
+    finally:
+        loader.close()

@@ -10,11 +10,15 @@ checkpoint that is slow, huge or hostile costs the policy process nothing: no GI
 not answer within the timeout is killed and the next load starts a fresh one, so a stuck load
 never blocks later loads (and learner weight pushes never go through here at all).
 
-Protocol: the parent writes one JSON line ``{"path": ..., "max_file_bytes": ...}``; the
-child answers ``b"O"`` + two frames (config JSON, blob) or ``b"E"`` + one frame (the reason),
-a frame being an 8-byte little-endian length and that many bytes. The child runs until its
-stdin closes (or it is killed): it ignores SIGINT, which a terminal's Ctrl-C sends to the
-whole process group.
+Protocol: the parent writes one JSON line ``{"id": ..., "path": ..., "max_file_bytes":
+...}``; the child answers ``b"O"`` + the request's id (8 bytes, little endian) + two frames
+(config JSON, blob) or ``b"E"`` + the id + one frame (the reason), a frame being an 8-byte
+little-endian length and that many bytes. Every answer is matched to its request: the id is
+a fresh random 63-bit number per request, and a child with bytes waiting before a request,
+or whose answer carries another id or does not parse, is stopped and the request is sent
+once more to a fresh child (an extra frame can never shift the answers by one). The child
+runs until its stdin closes (or it is killed): it ignores SIGINT, which a terminal's Ctrl-C
+sends to the whole process group.
 """
 
 from __future__ import annotations
@@ -44,8 +48,15 @@ def _resolve(path: str | os.PathLike, root: str) -> Path:
     return p
 
 
+class _Mismatch(OSError):
+    """The child's answer is not the answer to this request."""
+
+
 class CheckpointLoader:
     """Loads checkpoints in a long-lived child process; one load at a time."""
+
+    #: the child's command line
+    command: tuple[str, ...] = (sys.executable, "-m", "drqv2_ros.acting.loader")
 
     def __init__(self, *, limits: LoadLimits = DEFAULT_LIMITS, timeout_s: float = 60.0):
         self.limits, self.timeout_s = limits, timeout_s
@@ -61,7 +72,7 @@ class CheckpointLoader:
         if self._child is None or self._child.poll() is not None:
             env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
             self._child = subprocess.Popen(
-                [sys.executable, "-m", "drqv2_ros.acting.loader"], stdin=subprocess.PIPE,
+                list(self.command), stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, env=env, close_fds=True, bufsize=0)
         return self._child
 
@@ -105,20 +116,13 @@ class CheckpointLoader:
         return config, blob, source or str(p)
 
     def _request(self, p: Path) -> tuple[bytes, bytes]:
-        child = self._ensure_child()
         deadline = time.monotonic() + self.timeout_s
-        line = json.dumps({"path": str(p), "max_file_bytes": self.limits.max_file_bytes})
         try:
-            child.stdin.write(line.encode() + b"\n")
-            tag = self._read(child, 1, deadline)
-            if tag == b"E":
-                raise CheckpointError(self._frame(child, 64 << 10, deadline).decode(
-                    errors="replace"))
-            if tag != b"O":
-                raise OSError(f"unexpected answer {tag!r}")
-            config = self._frame(child, self.limits.max_config_bytes, deadline)
-            blob = self._frame(child, self.limits.max_file_bytes, deadline)
-            return config, blob
+            try:
+                return self._exchange(p, deadline)
+            except _Mismatch:  # once more, on a fresh child
+                self._kill()
+                return self._exchange(p, deadline)
         except TimeoutError:
             self._kill()
             raise CheckpointError(f"{p}: loading did not finish within {self.timeout_s:g} s; "
@@ -128,6 +132,30 @@ class CheckpointLoader:
             self._kill()
             raise CheckpointError(f"{p}: the loader process failed ({exc}); the next load "
                                   "starts a new one") from None
+
+    def _exchange(self, p: Path, deadline: float) -> tuple[bytes, bytes]:
+        import secrets
+
+        child = self._ensure_child()
+        if select.select([child.stdout.fileno()], [], [], 0)[0]:
+            self._kill()  # bytes nobody asked for: this child cannot be trusted to answer
+            child = self._ensure_child()
+        rid = secrets.randbits(63)
+        line = json.dumps({"id": rid, "path": str(p),
+                           "max_file_bytes": self.limits.max_file_bytes})
+        child.stdin.write(line.encode() + b"\n")
+        tag = self._read(child, 1, deadline)
+        if tag not in (b"O", b"E"):
+            raise _Mismatch(f"unexpected answer {tag!r}")
+        (got,) = _LEN.unpack(self._read(child, _LEN.size, deadline))
+        if got != rid:
+            raise _Mismatch("an answer to another request")
+        if tag == b"E":
+            raise CheckpointError(self._frame(child, 64 << 10, deadline).decode(
+                errors="replace"))
+        config = self._frame(child, self.limits.max_config_bytes, deadline)
+        blob = self._frame(child, self.limits.max_file_bytes, deadline)
+        return config, blob
 
     def _frame(self, child, cap: int, deadline: float) -> bytes:
         (n,) = _LEN.unpack(self._read(child, _LEN.size, deadline))
@@ -164,19 +192,19 @@ def load_isolated(path: str | os.PathLike, *, root: str = "", timeout_s: float =
 
 
 # ------------------------------------------------------------------------------ the child
-def _answer(out, tag: bytes, *parts: bytes) -> None:
+def _answer(out, tag: bytes, rid: int, *parts: bytes) -> None:
     out.write(tag)
+    out.write(_LEN.pack(rid))
     for part in parts:
         out.write(_LEN.pack(len(part)))
         out.write(part)
     out.flush()
 
 
-def _load_one(request: bytes) -> tuple[bytes, bytes]:
+def _load_one(req: dict) -> tuple[bytes, bytes]:
     from drqv2_ros.acting.weights import actor_state_bytes
     from drqv2_ros.convert.robobase import load_checkpoint_any
 
-    req = json.loads(request)
     policy = load_checkpoint_any(req["path"],
                                  limits=LoadLimits(max_file_bytes=int(req["max_file_bytes"])))
     return (policy.config.to_json().encode(),
@@ -199,18 +227,21 @@ def child_main() -> int:
     os.dup2(2, 1)
     try:
         for request in sys.stdin.buffer:
+            rid = 0
             try:
-                config, blob = _load_one(request)
+                req = json.loads(request)
+                rid = int(req.get("id", 0)) & ((1 << 64) - 1)
+                config, blob = _load_one(req)
             except CheckpointError as exc:
-                _answer(out, b"E", str(exc).encode())
+                _answer(out, b"E", rid, str(exc).encode())
                 continue
             except MemoryError:
-                _answer(out, b"E", b"out of memory while loading")
+                _answer(out, b"E", rid, b"out of memory while loading")
                 continue
             except Exception as exc:  # one reason for the caller, never a trace
-                _answer(out, b"E", f"{type(exc).__name__}: {exc}".encode())
+                _answer(out, b"E", rid, f"{type(exc).__name__}: {exc}".encode())
                 continue
-            _answer(out, b"O", config, blob)
+            _answer(out, b"O", rid, config, blob)
     except BrokenPipeError:  # the parent went away mid-answer: nobody to tell
         pass
     return 0
