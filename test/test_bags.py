@@ -687,3 +687,105 @@ def test_export_opens_as_a_real_lerobot_dataset_equal_to_the_bag(tmp_path):
             assert bool(f["is_intervention"]) == nxt.is_intervention
             i += 1
     assert i == len(ds)
+
+
+# ------------------------------------------------------------- a failed ingest changes nothing
+
+def _corrupt_sqlite(bag: Path, sql: str, *args) -> None:
+    """Run ``sql`` on the bag's database, its messages table first rebuilt without the
+    NOT NULL constraints rosbag2 declares (a hostile bag holds whatever it likes)."""
+    import sqlite3
+
+    (db,) = sorted(bag.glob("*.db3"))
+    con = sqlite3.connect(db)
+    cols = [r[1] for r in con.execute("PRAGMA table_info(messages)")]
+    con.executescript(
+        "ALTER TABLE messages RENAME TO m_old;"
+        f"CREATE TABLE messages ({', '.join(cols)});"
+        f"INSERT INTO messages ({', '.join(cols)}) SELECT {', '.join(cols)} FROM m_old;"
+        "DROP TABLE m_old;")
+    with con:
+        con.execute(sql, args)
+    con.close()
+
+
+def _last_step_row(bag: Path) -> int:
+    import sqlite3
+
+    (db,) = sorted(bag.glob("*.db3"))
+    con = sqlite3.connect(db)
+    (rowid,) = con.execute("SELECT max(m.rowid) FROM messages m JOIN topics t ON "
+                           "m.topic_id = t.id WHERE t.name = '/step'").fetchone()
+    con.close()
+    return rowid
+
+
+def _buffer_files(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.name == "state.json"
+            or p.name == "spec.json"}
+
+
+@pytest.mark.parametrize("column,value,why", [
+    ("timestamp", "abc", "timestamp is TEXT, not INTEGER"),
+    ("timestamp", 1.5, "timestamp is REAL, not INTEGER"),
+    ("data", None, "data is NULL, not a BLOB"), ("data", "text", "data is TEXT, not a BLOB"),
+    ("data", 2.5, "data is REAL, not a BLOB"), ("data", 700_000_000, "data is INTEGER")])
+def test_a_failed_ingest_changes_nothing_and_says_where(tmp_path, capsys, column, value, why):
+    import time
+
+    from drqv2_ros.bags.cli import ingest_main
+    from drqv2_ros.learning.replay_buffer import ReplayBuffer
+
+    good = write_bag(tmp_path / "good", synthetic_episodes(2, 4, seed=1), storage="sqlite3")
+    bad_recs = synthetic_episodes(3, 4, seed=2, first_episode=2)
+    bad = write_bag(tmp_path / "bad", bad_recs, storage="sqlite3")
+    row = _last_step_row(bad)  # the last step of the last episode: two are read before it
+    _corrupt_sqlite(bad, f"UPDATE messages SET {column} = ? WHERE rowid = ?", value, row)
+    buf = tmp_path / "buf"
+    assert ingest_main([str(good), "--buffer", str(buf), "--capacity", "200",
+                        "--no-progress"]) == 0
+    before = _buffer_files(buf)
+    with ReplayBuffer.open(buf) as b:
+        counts = (len(b), b.num_steps, b.num_episodes, b.total_steps_added)
+    capsys.readouterr()
+    t0 = time.monotonic()
+    assert ingest_main([str(bad), "--buffer", str(buf), "--no-progress"]) == 1
+    assert time.monotonic() - t0 < 20  # bounded: no 700 MB of zeros made from an INTEGER
+    err = capsys.readouterr().err
+    assert why in err and "sqlite3" in err and f"row {row}" in err and str(bad) in err, err
+    assert "nothing stored" in err
+    assert _buffer_files(buf) == before  # the state and spec files, byte for byte
+    with ReplayBuffer.open(buf) as b:
+        assert (len(b), b.num_steps, b.num_episodes, b.total_steps_added) == counts
+    # the same bad bag into a NEW buffer: no folder, no temporary sibling left behind
+    assert ingest_main([str(bad), "--buffer", str(tmp_path / "new"), "--no-progress"]) == 1
+    assert not (tmp_path / "new").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".new.ingest-")]
+    # fixed, the rerun stores its episodes once (none twice)
+    fixed = write_bag(tmp_path / "fixed", bad_recs, storage="sqlite3")
+    assert ingest_main([str(fixed), "--buffer", str(buf), "--no-progress"]) == 0
+    with ReplayBuffer.open(buf) as b:
+        assert b.num_episodes == counts[2] + 3 and b.num_steps == counts[1] + 15
+
+
+def test_an_ingest_that_would_evict_reads_every_bag_before_storing(tmp_path, capsys):
+    # a full ring: storing evicts stored steps, so a bad record must refuse the ingest
+    # before anything is written, not half way
+    from drqv2_ros.bags.cli import ingest_main
+    from drqv2_ros.learning.replay_buffer import ReplayBuffer
+
+    first = write_bag(tmp_path / "first", synthetic_episodes(2, 4, seed=1), storage="sqlite3")
+    buf = tmp_path / "buf"
+    assert ingest_main([str(first), "--buffer", str(buf), "--no-progress"]) == 0  # full
+    with ReplayBuffer.open(buf) as b:
+        stored = [b.read_step(i)["images"].tobytes() for i in range(b.num_steps)]
+        free = b.capacity - b.num_steps
+    assert free == 0
+    more = write_bag(tmp_path / "more", synthetic_episodes(2, 4, seed=3, first_episode=5),
+                     storage="sqlite3")
+    _corrupt_sqlite(more, "UPDATE messages SET timestamp = 'x' WHERE rowid = ?",
+                    _last_step_row(more))
+    assert ingest_main([str(more), "--buffer", str(buf), "--no-progress"]) == 1
+    assert "refused" in capsys.readouterr().err
+    with ReplayBuffer.open(buf) as b:
+        assert [b.read_step(i)["images"].tobytes() for i in range(b.num_steps)] == stored

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+
+from drqv2_ros.atomic_write import fsync_dir
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
 
@@ -123,9 +128,13 @@ def ingest_main(argv: list[str] | None = None) -> int:
             target = TargetShapes((args.views, 3, h, w), args.low_dim, args.action_size,
                                   "the given sizes")
         buffer_dir = Path(args.buffer)
+        staging = None  # a new buffer is built beside its place, renamed in when complete
         if (buffer_dir / "spec.json").is_file():
             buffer = ReplayBuffer.open(buffer_dir)
         else:
+            if buffer_dir.exists() and (not buffer_dir.is_dir() or any(buffer_dir.iterdir())):
+                _err("ingest", f"--buffer: {buffer_dir} exists and holds no replay buffer")
+                return 2
             if target is None:
                 target = infer_target(args.bags, args.step_topic)
                 print(f"shapes from the bag steps: {target.describe()}", flush=True)
@@ -134,7 +143,10 @@ def ingest_main(argv: list[str] | None = None) -> int:
             ns = args.nstep or target.nstep
             capacity = args.capacity or count_step_messages(checked)
             capacity = max(int(capacity), fs + ns + 1)
-            buffer = ReplayBuffer(buffer_dir, capacity=capacity, image_shape=target.image_shape,
+            buffer_dir.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{buffer_dir.name}.ingest-",
+                                            dir=buffer_dir.parent))
+            buffer = ReplayBuffer(staging, capacity=capacity, image_shape=target.image_shape,
                                   low_dim_size=target.low_dim_size,
                                   action_size=target.action_size, frame_stack=fs, nstep=ns,
                                   discount=args.discount if args.discount is not None
@@ -143,10 +155,23 @@ def ingest_main(argv: list[str] | None = None) -> int:
             summary = ingest_bags(args.bags, buffer, step_topic=args.step_topic,
                                   demo_flags=args.demo_flags, target=target,
                                   progress=not args.no_progress)
-        finally:
             buffer.close()
-    except (BagError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        _err("ingest", str(exc))
+            if staging is not None:
+                if buffer_dir.is_dir():
+                    buffer_dir.rmdir()  # the empty folder it was asked to fill
+                os.rename(staging, buffer_dir)
+                fsync_dir(buffer_dir.parent)
+                staging = None
+                summary.buffer = str(buffer_dir)
+        finally:
+            buffer.abandon()  # a no-op after close; after a failure nothing is flushed
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+    except (BagError, ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
+        from drqv2_ros.bags.ingest import IngestError
+
+        note = "" if isinstance(exc, IngestError) else " (nothing stored)"
+        _err("ingest", f"{exc}{note}")
         return 1
     print(summary.format(), flush=True)
     if args.summary_json:

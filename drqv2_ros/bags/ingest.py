@@ -8,8 +8,16 @@ Reads ``drqv2_ros/msg/Step`` messages from rosbag2 bags (mcap or sqlite3, writte
 live (:mod:`drqv2_ros.observation.step_record`: the same checks, the same bits), groups them
 into episodes and adds the complete episodes, in bag order (= episode order), to a
 :class:`~drqv2_ros.learning.replay_buffer.ReplayBuffer`, one ``add_steps`` per episode,
-durable at the end (one flush: an ingest killed half way leaves the buffer as it was, unless
-the ring had to evict meanwhile). Deterministic: the same bags give the same buffer contents.
+durable at the end. Deterministic: the same bags give the same buffer contents.
+
+An ingest completes or changes nothing: nothing is durable before its one flush at the
+end, so an ingest that fails (a bad record, an unreadable bag) or is killed half way leaves
+the buffer as the last flush left it; a failing ingest abandons the buffer object (closed
+without flushing) and raises :class:`IngestError`, naming the bag, the storage, the record
+and the reason. Where the bags hold more steps than the ring has free slots (the ingest
+would evict stored steps), every bag is first read through, without storing, so that a bad
+record refuses the ingest before anything is evicted. The command (``drqv2-ros ingest``)
+builds a new buffer in a temporary sibling folder, renamed into place once complete.
 
 Bad input is refused or salvaged, never silently half-used:
   * a bag without the ``step`` topic is refused, naming it (and what the bag has);
@@ -41,11 +49,16 @@ from drqv2_ros.bags.episodes import (
     ShapeMismatchError,
     TargetShapes,
     check_bags,
+    count_step_messages,
     read_episodes,
 )
 from drqv2_ros.bags.reader import BagError, storage_files
 
-__all__ = ["IngestSummary", "ingest_bags", "ingest_into_replay"]
+__all__ = ["IngestError", "IngestSummary", "ingest_bags", "ingest_into_replay"]
+
+
+class IngestError(BagError):
+    """An ingest that failed and changed nothing; the message says where and why."""
 
 
 # =====================================================================================
@@ -164,9 +177,21 @@ def ingest_bags(
     if getattr(buffer, "episode_open", False):
         raise BagError(f"{buf_target.source} has an open episode: finish it before ingesting")
     t0 = time.perf_counter()
-    checked = check_bags(bags, target, step_topic=step_topic)
+    where = str(getattr(buffer, "directory", "the buffer"))
+    checked = check_bags(bags, target, step_topic=step_topic)  # refuses before any write
     report = ReadReport()
     episodes = transitions = steps = successes = n_int = n_demo = 0
+    free = int(getattr(buffer, "capacity", 0)) - int(getattr(buffer, "num_steps", 0))
+    if count_step_messages(checked) > free:
+        # storing would evict steps of the buffer: read every bag through first, so that a
+        # bad record refuses the ingest before anything stored is overwritten
+        try:
+            for _ep in read_episodes(bags, target=target, report=ReadReport(),
+                                     checked=checked):
+                pass
+        except Exception as exc:
+            raise IngestError(f"ingest refused, nothing stored ({where} unchanged): "
+                              f"{_reason(exc)}") from exc
 
     def store(b: Any, flags: np.ndarray) -> None:
         buffer.add_steps(b.images, b.low_dim, b.action, b.reward, is_first=b.is_first,
@@ -177,23 +202,42 @@ def ingest_bags(
     # Episode k is stored by a second thread while episode k + 1 is read: the copy into the
     # ring (pwrite) runs without the GIL. One episode in flight; the buffer is only touched
     # by that thread until the end (its errors surface here, at the next episode).
-    with ThreadPoolExecutor(1, thread_name_prefix="ingest-store") as pool:
-        stored: Future | None = None
-        for ep in read_episodes(bags, target=target, report=report, progress=progress,
-                                checked=checked):
-            b, flags = ep.batch, _demo_flags(ep, demo_flags)
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="ingest-store") as pool:
+            stored: Future | None = None
+            failed: BaseException | None = None
+            try:
+                for ep in read_episodes(bags, target=target, report=report,
+                                        progress=progress, checked=checked):
+                    b, flags = ep.batch, _demo_flags(ep, demo_flags)
+                    if stored is not None:
+                        stored.result()
+                    stored = pool.submit(store, b, flags)
+                    episodes += 1
+                    steps += len(b)
+                    transitions += ep.transitions
+                    successes += ep.success
+                    n_int += int(b.is_intervention[1:].sum())
+                    n_demo += int(flags[1:].sum())
+            except BaseException as exc:
+                failed = exc
+            # never leave the store thread writing while the buffer is abandoned
             if stored is not None:
-                stored.result()
-            stored = pool.submit(store, b, flags)
-            episodes += 1
-            steps += len(b)
-            transitions += ep.transitions
-            successes += ep.success
-            n_int += int(b.is_intervention[1:].sum())
-            n_demo += int(flags[1:].sum())
-        if stored is not None:
-            stored.result()
-    buffer.flush()
+                try:
+                    stored.result()
+                except BaseException as exc:
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
+        buffer.flush()
+    except BaseException as exc:
+        abandon = getattr(buffer, "abandon", None)
+        if abandon is not None:
+            abandon()  # nothing of this ingest becomes durable
+        if isinstance(exc, Exception):
+            raise IngestError(f"ingest failed, nothing stored ({where} left as it was): "
+                              f"{_reason(exc)}") from exc
+        raise
     summary = IngestSummary(
         bags=report.bags, episodes=episodes, transitions=transitions, steps=steps,
         successes=successes, intervention_transitions=n_int, demo_transitions=n_demo,
@@ -203,6 +247,13 @@ def ingest_bags(
     if log is not None:
         log(summary.format())
     return summary
+
+
+def _reason(exc: BaseException) -> str:
+    """What failed, for the message: the reader's own errors name the bag, the storage and
+    the record; anything else gets its type."""
+    text = str(exc)
+    return text if isinstance(exc, BagError) else f"{type(exc).__name__}: {text}"
 
 
 # =====================================================================================

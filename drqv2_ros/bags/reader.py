@@ -497,17 +497,45 @@ def _sqlite_topics(f: Path, info: BagInfo) -> dict[str, TopicInfo]:
     return out
 
 
+#: rosbag2's sqlite3 schema: the column types every row must hold (SQLite stores any type
+#: in any column; a row of another type is refused by name, before its value is used)
+_SQLITE_MESSAGE_QUERY = (
+    "SELECT rowid, typeof(timestamp), timestamp, typeof(data), length(data), "
+    "CASE WHEN typeof(data) = 'blob' AND length(data) <= ? THEN data END "
+    "FROM messages WHERE topic_id = ? ORDER BY timestamp")
+
+
 def _sqlite_messages(f: Path, topic: str, info: BagInfo) -> Iterator[tuple[int, bytes]]:
+    """The topic's rows as (timestamp, bytes). Raises :class:`BagError` naming the bag, the
+    storage, the row and the reason for a row whose timestamp is not an INTEGER or whose
+    data is not a BLOB (NULL, TEXT, REAL, INTEGER): checked by SQLite before any value is
+    read, so a hostile row costs nothing (an INTEGER 700000000 is never turned into 700 MB).
+    A BLOB above ``max_record_bytes`` is skipped as lost, as in an MCAP bag."""
     con = _sqlite(f, info)
     if con is None:
         return
+    cap = int(info.limits.max_record_bytes)
     try:
-        ids = [r[0] for r in con.execute("SELECT id FROM topics WHERE name = ?", (topic,))]
+        ids = []
+        for tid, typ in con.execute("SELECT id, typeof(id) FROM topics WHERE name = ?",
+                                    (topic,)):
+            if typ != "integer":
+                raise BagError(f"{info.path} (sqlite3): {f.name}: topic {topic!r} has an id "
+                               f"of type {typ}, not INTEGER")
+            ids.append(tid)
         for tid in ids:
-            for ts, data in con.execute(
-                    "SELECT timestamp, data FROM messages WHERE topic_id = ? ORDER BY timestamp",
-                    (tid,)):
-                yield int(ts), bytes(data)
+            for rowid, ts_type, ts, data_type, size, data in con.execute(
+                    _SQLITE_MESSAGE_QUERY, (cap, tid)):
+                where = f"{info.path} (sqlite3): {f.name}: message row {rowid} of {topic}"
+                if ts_type != "integer":
+                    raise BagError(f"{where}: timestamp is {ts_type.upper()}, not INTEGER")
+                if data_type != "blob":
+                    raise BagError(f"{where}: data is {data_type.upper()}, not a BLOB")
+                if data is None:
+                    _note(info, f, f"message row {rowid}: {size} bytes, above the "
+                                   f"{cap}-byte record limit: skipped")
+                    continue
+                yield ts, bytes(data)
     except sqlite3.Error as exc:
         _note(info, f, f"sqlite: {exc}")
     finally:

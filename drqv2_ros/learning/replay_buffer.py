@@ -404,6 +404,16 @@ class ReplayBuffer:
             self._mm, self._a = {}, {}
             self._release_lock()
 
+    def abandon(self) -> None:
+        """Close WITHOUT flushing and release the lock: every step added since the last
+        :meth:`flush` is dropped, and the directory describes the buffer exactly as that
+        flush left it (its state file is not touched; frames written meanwhile sit in slots
+        no reader of that state reads). For a command that failed half way: it changes
+        nothing. The object is unusable afterwards (``close`` is then a no-op)."""
+        self._close_fds()
+        self._mm, self._a = {}, {}
+        self._release_lock()
+
     def __enter__(self) -> ReplayBuffer:
         return self
 
