@@ -182,6 +182,31 @@ def test_a_valid_operator_action_is_executed_and_stored(kin):
     assert res.is_intervention and res.command.tolist() == [0.5, -0.5, 1.0, -1.0]
 
 
+def test_a_human_action_is_used_only_while_its_input_is_fresh(kin):
+    """The deadman promise: when the Joy stream stops with the deadman held, the teleop's
+    heartbeats keep the last input's stamp, and the policy acts on the human action only
+    while that input is younger than intervention_timeout_s (0.45 s, 50 ms inside the
+    teleop's 0.5 s joy_timeout), however late or often the messages arrive."""
+    actor = make_actor(kin)
+    actor.loop.start_episode(NOW)
+    human = [0.5, -0.5, 1.0, -1.0]
+    last_joy = NOW
+    ms = S // 1000
+    for t in range(0, 600, 50):  # heartbeats every 50 ms, all stamped with the last Joy
+        now = NOW + t * ms
+        assert actor.on_operator(True, human, last_joy, now)
+        feed(actor, now)
+        res = actor.tick(now, t / 1000)
+        assert res.is_intervention == (t <= 450), t
+        if t > 450:
+            assert res.command is None or res.command.tolist() != human or not res.is_intervention
+    # a stamp from the future (another machine's clock) is refused, not trusted to extend it
+    assert not actor.on_operator(True, human, NOW + 10 * S, NOW + 600 * ms)
+    assert actor.dropped["intervention: future stamp"] == 1
+    assert not actor.on_operator(True, human, 0, NOW)  # no stamp at all
+    assert actor.dropped["intervention: no stamp"] == 1
+
+
 def test_missed_ticks_are_counted_as_ticks():
     clock = TickClock(10.0)
     for t in (0.0, 0.1, 0.2, 5.0, 5.1, 5.4, 5.52):

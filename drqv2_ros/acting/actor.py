@@ -115,9 +115,19 @@ class Actor:
         self.loop.on_joints(pos, vel, stamp_ns)
         return True
 
-    def on_operator(self, active: bool, action, now_ns: int) -> bool:
+    def on_operator(self, active: bool, action, stamp_ns: int, now_ns: int | None = None
+                    ) -> bool:
         """The operator's intervention: ``action`` is what they command while active (an
-        empty one is allowed only when not active)."""
+        empty one is allowed only when not active). ``stamp_ns``: when the human input it
+        reflects was read (the teleop node stamps the last valid Joy message's time, its
+        heartbeats too), so a human action is used only while that input is younger than
+        ``intervention_timeout_s``, however late the messages arrive; with ``now_ns`` the
+        stamp is checked like every sensor stamp (zero or from the future: refused)."""
+        if now_ns is not None:
+            try:
+                stamp_ns = min(self.checks.stamp(stamp_ns, now_ns), now_ns)
+            except InputRejected as exc:
+                return self.drop("intervention", exc)
         a = None
         if active or (action is not None and len(action)):
             try:
@@ -125,7 +135,7 @@ class Actor:
                                        self.runner.config.action_dim)
             except InputRejected as exc:
                 return self.drop("intervention", exc)
-        self.loop.on_operator(bool(active), a, now_ns)
+        self.loop.on_operator(bool(active), a, stamp_ns)
         return True
 
     def on_cube(self, xyz) -> bool:

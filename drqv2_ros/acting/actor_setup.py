@@ -21,7 +21,9 @@ class PolicyParams:
     checkpoint_root: str = param("", "if set, /load_checkpoint only accepts paths under it")
     control_rate_hz: float = param(10.0, "control rate, Hz")
     max_obs_age_s: float = param(0.25, "image and joint state must be younger than this, s")
-    intervention_timeout_s: float = param(0.5, "operator messages older than this are ignored, s")
+    intervention_timeout_s: float = param(0.45, "a human action is used only while the input "
+                                          "it reflects (its stamp) is younger than this, s: "
+                                          "50 ms inside the teleop's 0.5 s joy_timeout")
     max_episode_steps: int = param(100, "episode length before truncation (0 = unlimited)")
     policy_enabled: bool = param(True, "false = demo mode: only the operator moves the arm")
     explore: bool = param(True, "sample with the scheduled std (false: mean action)")

@@ -38,7 +38,7 @@ class LoopConfig:
     """Control-loop settings (the policy node exposes them as parameters)."""
 
     max_obs_age_s: float = 0.25          # newest image and joint state must be younger
-    intervention_timeout_s: float = 0.5  # an operator message older than this is ignored
+    intervention_timeout_s: float = 0.45  # a human input older than this is not acted on
     max_episode_steps: int = 100         # truncation (bootstrapped), 0 = never
     success_reward: float = 1.0          # reward of the step on which success is signalled
     reward_success_threshold: float = 1.0  # a `reward` message >= this ends the episode

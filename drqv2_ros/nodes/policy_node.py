@@ -147,7 +147,8 @@ class PolicyNode(Node):
         self.actor.on_cube((c.x, c.y, c.z))
 
     def _on_intervention(self, msg: Intervention) -> None:
-        if not self.actor.on_operator(bool(msg.active), list(msg.action), self._now()):
+        if not self.actor.on_operator(bool(msg.active), list(msg.action),
+                                      stamp_to_ns(msg.header.stamp), self._now()):
             self._warn_drop()
 
     def _on_event(self, msg: EpisodeEvent) -> None:

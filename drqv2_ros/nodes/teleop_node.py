@@ -52,6 +52,7 @@ class TeleopNode(Node):
         self.create_subscription(Joy, "joy", self._on_joy, SENSOR_QOS)
         self._last_pub = 0.0
         self._last_malformed = 0
+        self._input_stamp = None  # ROS time of the last valid Joy message
         self.create_timer(1.0 / self.p.publish_rate, self._on_timer)
         m = self.mapper.mapping
         self.get_logger().info(
@@ -60,7 +61,10 @@ class TeleopNode(Node):
 
     def _publish_intervention(self) -> None:
         msg = Intervention()
-        msg.header.stamp = self.get_clock().now().to_msg()
+        # the time of the human input this reflects, not of the publish: a heartbeat while
+        # Joy is quiet does not make the last human action look fresh
+        msg.header.stamp = (self._input_stamp or self.get_clock().now()).to_msg()
+        self._check_timeout()  # never claim an intervention past its Joy timeout
         msg.active = bool(self.mapper.intervening)
         msg.action = [float(a) for a in self.mapper.action]
         self.intervention_pub.publish(msg)
@@ -68,7 +72,10 @@ class TeleopNode(Node):
 
     def _on_joy(self, msg: Joy) -> None:
         was = self.mapper.intervening
+        malformed = self.mapper.malformed
         _, _, events = self.mapper.update(msg.axes, msg.buttons, time.monotonic())
+        if self.mapper.malformed == malformed:  # a valid Joy: the human input of now
+            self._input_stamp = self.get_clock().now()
         if self.mapper.malformed != self._last_malformed:
             self._last_malformed = self.mapper.malformed
             m = self.mapper.mapping
@@ -89,14 +96,18 @@ class TeleopNode(Node):
             self.event_pub.publish(ev)
             self.get_logger().info(f"episode event {e.upper()}")
 
-    def _on_timer(self) -> None:
-        now = time.monotonic()
-        if self.mapper.check_timeout(now):
+    def _check_timeout(self) -> bool:
+        if self.mapper.check_timeout(time.monotonic()):
             self.get_logger().warning(
                 f"no Joy for {self.p.joy_timeout}s: intervention ended "
                 f"({self.mapper.timeouts} timeouts so far)")
+            return True
+        return False
+
+    def _on_timer(self) -> None:
+        if self._check_timeout():
             self._publish_intervention()
-        elif now - self._last_pub >= 1.0 / self.p.publish_rate:
+        elif time.monotonic() - self._last_pub >= 1.0 / self.p.publish_rate:
             self._publish_intervention()  # heartbeat while Joy is quiet
 
 
