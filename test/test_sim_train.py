@@ -360,3 +360,31 @@ def test_sim_train_refuses_existing_outputs(tmp_path, capsys):
         sim_train_main(["--out", str(done), "--demos-only"])
     assert exc.value.code == 2 and "--record-bag" in capsys.readouterr().err
     assert sorted(p.name for p in done.iterdir()) == ["demos"]
+
+
+def test_the_start_policy_is_made_once_and_reused(tmp_path, monkeypatch):
+    # what the main job starts from: built in a temporary sibling, renamed into place when
+    # complete, reused by the next run; a failed build leaves nothing a run would take
+    from drqv2_ros.demo import start_policy as sp
+
+    r = sp.StartPolicyRecipe(demo_episodes=1, episode_steps=6, render="fast",
+                             render_size=(160, 120), bc_updates=2, updates=1, batch_size=8,
+                             eval_episodes=1, seed=3)
+    ck, info, reused = sp.cached_start_policy(r, tmp_path / "cache", progress=False)
+    assert not reused and (ck / "model.safetensors").is_file()
+    assert ck.parents[1] == tmp_path / "cache" / r.key()
+    assert info["checkpoint"] == str(ck) and ".tmp-" not in info["checkpoint"]
+    assert info["nominal_policy_only"]["episodes"] == 1 and len(info["commands"]) == 2
+    ck2, _info2, reused2 = sp.cached_start_policy(r, tmp_path / "cache", progress=False)
+    assert reused2 and ck2 == ck
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [r.key()]
+    other = sp.StartPolicyRecipe(**{**r.__dict__, "seed": 4})
+    assert other.key() != r.key()
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sp, "build_start_policy", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        sp.cached_start_policy(other, tmp_path / "cache", progress=False)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [r.key()]
