@@ -71,8 +71,10 @@ SCALES = {
     "cpu": Scale(demo_episodes=30, pretrain_updates=300, pretrain_batch=64,
                  finetune_episodes=120, episode_steps=60, eval_every=20, eval_episodes=20,
                  batch_size=64, utd_ratio=0.5, warmup=300, freeze_encoder=True),
+    # bench/gpu_learning.sh: ~8 min on one H100/H200 (one env: 2 threads step no faster
+    # than 1 under the GIL; env processes are not implemented yet)
     "gpu": Scale(demo_episodes=40, pretrain_updates=1000, pretrain_batch=256,
-                 finetune_episodes=300, episode_steps=60, eval_every=30, eval_episodes=20,
+                 finetune_episodes=200, episode_steps=60, eval_every=40, eval_episodes=20,
                  batch_size=256, utd_ratio=1.0, warmup=500, bc_updates=4000),
 }
 SHIFT = "real_proxy"
