@@ -789,3 +789,33 @@ def test_an_ingest_that_would_evict_reads_every_bag_before_storing(tmp_path, cap
     assert "refused" in capsys.readouterr().err
     with ReplayBuffer.open(buf) as b:
         assert [b.read_step(i)["images"].tobytes() for i in range(b.num_steps)] == stored
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--capacity", "0"], "--capacity"), (["--capacity", "-3"], "--capacity"),
+    (["--frame-stack", "0"], "--frame-stack"), (["--nstep", "0"], "--nstep"),
+    (["--discount", "nan"], "--discount"), (["--discount", "1.5"], "--discount"),
+    (["--image-size", "0", "84", "--low-dim", "18", "--action-size", "4"], "--image-size"),
+    (["--image-size", "84", "84", "--low-dim", "-1", "--action-size", "4"], "--low-dim"),
+    (["--image-size", "84", "84", "--views", "0", "--low-dim", "18", "--action-size", "4"],
+     "--views"),
+    (["--image-size", "84", "84", "--low-dim", "18", "--action-size", "0"], "--action-size")])
+def test_ingest_options_refuse_nonsense_before_any_work(tmp_path, capsys, args, option):
+    from drqv2_ros.bags.cli import ingest_main
+
+    bag = write_bag(tmp_path / "bag", synthetic_episodes(1, 3))
+    with pytest.raises(SystemExit) as exc:
+        ingest_main([str(bag), "--buffer", str(tmp_path / "buf"), *args])
+    assert exc.value.code == 2 and option in capsys.readouterr().err
+    assert not (tmp_path / "buf").exists()
+
+
+def test_export_fps_out_of_range_is_refused(tmp_path, capsys):
+    from drqv2_ros.bags.cli import export_main
+
+    bag = write_bag(tmp_path / "bag", synthetic_episodes(1, 3))
+    for fps in ("0", "-1", "100000"):
+        with pytest.raises(SystemExit) as exc:
+            export_main([str(bag), str(tmp_path / "ds"), "--fps", fps])
+        assert exc.value.code == 2 and "--fps" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()

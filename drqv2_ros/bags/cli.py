@@ -79,6 +79,27 @@ def record_main(argv: list[str] | None = None) -> int:
 
 # ------------------------------------------------------------------------------- ingest
 
+#: the replay buffer's own schema ceilings (learning/replay_buffer.py) are far above these;
+#: a size outside them is refused before anything is read or allocated
+_INGEST_RANGES = (("views", 1, 16), ("low_dim", 0, 1 << 16), ("action_size", 1, 64),
+                  ("capacity", 1, 1 << 31), ("frame_stack", 1, 64), ("nstep", 1, 1000))
+
+
+def _check_ingest_options(ap: argparse.ArgumentParser, a) -> None:
+    import math
+
+    for name, lo, hi in _INGEST_RANGES:
+        v = getattr(a, name)
+        if v is not None and not lo <= v <= hi:
+            ap.error(f"--{name.replace('_', '-')} must be in [{lo}, {hi}], got {v}")
+    if a.image_size is not None and not all(1 <= v <= 4096 for v in a.image_size):
+        ap.error(f"--image-size must be in [1, 4096] x [1, 4096], got {a.image_size}")
+    if a.discount is not None and not (math.isfinite(a.discount) and 0 <= a.discount <= 1):
+        ap.error(f"--discount must be in [0, 1], got {a.discount}")
+    if a.summary_json and Path(a.summary_json).exists():
+        ap.error(f"--summary-json: {a.summary_json} exists: choose a new path")
+
+
 def ingest_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="drqv2-ros ingest",
@@ -105,6 +126,7 @@ def ingest_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--summary-json", help="also write the summary as JSON here")
     args = ap.parse_args(argv)
+    _check_ingest_options(ap, args)
 
     from drqv2_ros.bags.episodes import (
         TargetShapes,
@@ -193,6 +215,8 @@ def export_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step-topic", help="Step topic name")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.fps is not None and not 1 <= args.fps <= 1000:
+        ap.error(f"--fps must be in [1, 1000], got {args.fps}")
     if len(args.paths) < 2:
         _err("export", "give at least one BAG and the OUT_DIR")
         return 2
