@@ -22,6 +22,7 @@ from drqv2_ros.bringup.graph import (
     prepare,
     rendering_environment,
 )
+from drqv2_ros.package_files import share_dir
 
 ARGUMENTS = (
     ("mode", "sim", "sim (MuJoCo SO-101) or real (Feetech arm + camera)"),
@@ -69,7 +70,7 @@ def _nodes(context, *args, **kwargs):
     # Refused here, before any node starts, with what to do (missing checkpoint, an
     # operator whose package is not installed, ...).
     opt = prepare(opt, package_available=_package_available)
-    config_dir = os.path.join(get_package_share_directory("drqv2_ros"), "config")
+    config_dir = str(share_dir() / "config")  # drqv2_ros.package_files' one order
     # Both Fast DDS profile variables (2.x and 3.x read different ones): the shipped
     # one-machine profile unless the user set their own; with a peer, a two-host profile.
     env = graph_environment(os.environ, peer=opt.peer,

@@ -266,8 +266,8 @@ def test_node_parameters_and_yaml_hold_every_operator_field_with_its_default():
 
     import yaml
 
-    from drqv2_ros.bringup.paths import config_file
     from drqv2_ros.nodes.scripted_operator_node import ScriptedOperatorParams
+    from drqv2_ros.package_files import config_file
 
     params, cfg = ScriptedOperatorParams(), OperatorConfig()
     yml = yaml.safe_load(config_file("scripted_operator.yaml").read_text())

@@ -90,7 +90,7 @@ def test_start_pose_is_the_default_everywhere_and_the_ik_keeps_it():
         == SimConfig().home_position
     import yaml
 
-    from drqv2_ros.bringup.paths import config_file
+    from drqv2_ros.package_files import config_file
 
     yml = yaml.safe_load(config_file("so101_driver.yaml").read_text())
     assert tuple(yml["/**"]["ros__parameters"]["home_position"]) == START_POSES["wrist_view"]

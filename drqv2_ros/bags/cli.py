@@ -15,20 +15,15 @@ from pathlib import Path
 
 from drqv2_ros.atomic_write import fsync_dir
 
-REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
-
 
 def _config_file(name: str) -> Path | None:
-    """config/<name> from the installed share dir, else the source tree."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
+    """config/<name> of the package's data files (``drqv2_ros.package_files``), or None."""
+    from drqv2_ros.package_files import config_file
 
-        p = Path(get_package_share_directory("drqv2_ros")) / "config" / name
-        if p.is_file():
-            return p
-    except Exception:
-        pass
-    p = REPO_CONFIG / name
+    try:
+        p = config_file(name)
+    except FileNotFoundError:
+        return None
     return p if p.is_file() else None
 
 

@@ -18,7 +18,6 @@ from typing import Any
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 PACKAGE = "drqv2_ros"
-SOURCE_MSG_DIR = Path(__file__).resolve().parents[2] / "msg"
 
 STEP_TYPE = f"{PACKAGE}/msg/Step"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -39,26 +38,14 @@ def store_for_distro(distro: str | None = None) -> Stores:
 
 
 def msg_dir() -> Path:
-    """Where the project's ``.msg`` files are: installed share dir first, else the source."""
-    try:
-        from ament_index_python.packages import (
-            PackageNotFoundError,
-            get_package_share_directory,
-        )
+    """Where the project's ``.msg`` files are (``drqv2_ros.package_files``: the source
+    checkout, else the ament index)."""
+    from drqv2_ros import package_files
 
-        try:
-            share = Path(get_package_share_directory(PACKAGE)) / "msg"
-            if any(share.glob("*.msg")):
-                return share
-        except (PackageNotFoundError, ValueError, LookupError):
-            pass
-    except ImportError:
-        pass
-    if any(SOURCE_MSG_DIR.glob("*.msg")):
-        return SOURCE_MSG_DIR
-    raise FileNotFoundError(
-        f"no {PACKAGE} .msg definitions found (ament index or {SOURCE_MSG_DIR})"
-    )
+    d = package_files.msg_dir()
+    if not any(d.glob("*.msg")):
+        raise FileNotFoundError(f"no {PACKAGE} .msg definitions in {d}")
+    return d
 
 
 def custom_types(directory: Path | None = None) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from drqv2_ros.bringup.graph import (
     prepare,
     rendering_environment,
 )
-from drqv2_ros.bringup.paths import config_file
 from drqv2_ros.executables import EXECUTABLES
+from drqv2_ros.package_files import config_file
 
 
 def _param_value(v) -> str:

@@ -36,9 +36,9 @@ import numpy as np
 from drqv2_ros.bringup.dds import PROFILE_VARS, profile_environment
 from drqv2_ros.bringup.graph import GraphOptions
 from drqv2_ros.bringup.launcher import GraphProcesses
-from drqv2_ros.bringup.paths import config_file
 from drqv2_ros.bringup.shm_clean import SHM, stale_segments
 from drqv2_ros.demo.report import EpisodeSummary, RunRecord, write_report
+from drqv2_ros.package_files import config_file
 
 NODES = ("so101_driver", "policy", "learner", "teleop", "scripted_operator", "recorder")
 

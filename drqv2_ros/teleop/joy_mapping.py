@@ -172,27 +172,20 @@ class JoyMapping:
 
 
 def find_mapping_file(controller: str, mapping_file: str = "") -> Path:
-    """``mapping_file`` if given, else ``config/joy/<controller>.yaml`` from the installed
-    package share directory (ament index) or, failing that, the source tree."""
+    """``mapping_file`` if given, else ``config/joy/<controller>.yaml`` from the package's
+    data files (``drqv2_ros.package_files``: the source checkout, else the ament index)."""
+    from drqv2_ros.package_files import config_file
+
     if mapping_file:
         p = Path(mapping_file).expanduser()
         if not p.is_file():
             raise FileNotFoundError(f"mapping_file {p} does not exist")
         return p
-    tried = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        tried.append(Path(get_package_share_directory("drqv2_ros")) / "config" / "joy")
-    except Exception:
-        pass
-    tried.append(Path(__file__).resolve().parents[2] / "config" / "joy")
-    for d in tried:
-        p = d / f"{controller}.yaml"
-        if p.is_file():
-            return p
-    raise FileNotFoundError(
-        f"no mapping for controller {controller!r}; looked in {[str(d) for d in tried]}")
+    d = config_file("joy")
+    p = d / f"{controller}.yaml"
+    if not p.is_file():
+        raise FileNotFoundError(f"no mapping for controller {controller!r} in {d}")
+    return p
 
 
 class JoyMapper:
