@@ -141,3 +141,60 @@ def test_garbage_replay_state_files_name_the_file(tmp_path):
                 ReplayBuffer.open(tmp_path / "rb")
         (tmp_path / "rb" / name).write_text(good)
     ReplayBuffer.open(tmp_path / "rb").close()
+
+
+def test_a_disk_without_room_for_checkpoints_keeps_storing_steps(small_disk):
+    """Room for the buffers (preallocated) but not for the learner state and checkpoint:
+    storing and training go on, each failed save is reported and tried again, acknowledged
+    steps stay durable, and saving works again once space returns."""
+    import os
+
+    cfg = cfg_for(small_disk, flush_period_s=0.05, fault_retry_s=0.2)
+    cfg.checkpoint_period_updates = 2
+    loop = TrainingLoop(cfg, small_policy())
+    rng = np.random.default_rng(1)
+    first = [r for ep in range(2) for r in episode(ep, 12, rng)]
+    stop, metrics = threading.Event(), []
+    th = threading.Thread(target=loop.run, args=(stop, lambda w: None, metrics.append))
+    th.start()
+
+    def wait(pred, what, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert th.is_alive(), f"training thread died waiting for {what}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+
+    try:
+        for r in first:
+            loop.submit(r)
+        wait(lambda: loop.counters.stored == len(first) and loop.counters.updates >= 2,
+             "the first steps stored and trained on")
+        ckpt = small_disk / "out" / "checkpoints" / "last" / "model.safetensors"
+        wait(ckpt.is_file, "a first checkpoint")
+        size = ckpt.stat().st_size
+        ballast = fill(small_disk)
+        os.truncate(ballast, ballast.stat().st_size - 16 * 4096)  # room for small files only
+        assert size > 16 * 4096
+        more = [r for ep in range(2, 5) for r in episode(ep, 12, rng)]
+        updates = loop.counters.updates
+        for r in more:
+            loop.submit(r)
+        wait(lambda: loop.checkpoint_faults > 0, "a failed checkpoint reported")
+        wait(lambda: loop.counters.stored == len(first) + len(more)
+             and loop.replay.online.num_unflushed_steps == 0, "storing to go on")
+        wait(lambda: loop.counters.updates > updates + 4, "training to go on")
+        assert not loop.fault and loop.status() == "ok"
+        wait(lambda: metrics and metrics[-1]["checkpoint_ok"] == 0.0
+             and metrics[-1]["storage_ok"] == 1.0, "metrics saying so")
+        ballast.unlink()  # space returns: the next periodic save works
+        wait(lambda: not loop.checkpoint_fault, "saving to work again")
+    finally:
+        stop.set()
+        th.join(30)
+        loop.close()
+    buf = ReplayBuffer.open(small_disk / "out" / "replay" / "online")
+    assert buf.total_steps_added == len(first) + len(more)
+    for i, r in enumerate(first + more):
+        np.testing.assert_array_equal(buf.read_step(i)["images"], r.images)
+    buf.close()

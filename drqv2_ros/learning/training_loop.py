@@ -157,6 +157,8 @@ class TrainingLoop:
         self._rejected: dict[tuple[str, str], int] = {}
         self._rejected_lock = threading.Lock()
         self.fault = ""  # the storage fault being waited out ("" = none)
+        self.checkpoint_fault = ""  # the last failed save of state + checkpoint ("" = none)
+        self.checkpoint_faults = 0
         self._tb_warned = False
         self.faults = 0
         self._last_metrics: Mapping[str, float] = {}
@@ -280,6 +282,8 @@ class TrainingLoop:
             weights_version=float(self.counters.weights_version),
             storage_ok=0.0 if self.fault else 1.0,
             storage_faults=float(self.faults),
+            checkpoint_ok=0.0 if self.checkpoint_fault else 1.0,
+            checkpoint_faults=float(self.checkpoint_faults),
         )
         if self._writer is not None:
             try:
@@ -319,10 +323,35 @@ class TrainingLoop:
         self.fault = f"{what}: {exc}"
         self.faults += 1
 
+    def _checkpoint(self) -> bool:
+        """The periodic save: the replay flush is storage (a failure is a fault: storing
+        waits for it), the learner state and the checkpoint are not: a disk with room for
+        the buffers but not for them (full, quota) must not stop the learner storing steps
+        or training. Each failed write is reported (log, ``checkpoint_faults`` and
+        ``checkpoint_ok`` in the metrics) and tried again at the next period; acknowledged
+        steps stay durable meanwhile."""
+        if not self._durable("flushing the replay buffer", self.replay.flush):
+            return False
+        try:
+            self.learner.save_state(self.out / STATE_FILE)
+            self.learner.export_checkpoint(self.out / "checkpoints" / "last")
+        except OSError as exc:
+            self.checkpoint_faults += 1
+            self.checkpoint_fault = f"saving the learner state and checkpoint: {exc}"
+            log.error("%s; storing steps and training go on, the save is tried again at the "
+                      "next checkpoint (%d failed so far)", self.checkpoint_fault,
+                      self.checkpoint_faults)
+            return True
+        if self.checkpoint_fault:
+            log.warning("the learner state and checkpoint are saved again (after: %s)",
+                        self.checkpoint_fault)
+            self.checkpoint_fault = ""
+        return True
+
     def _retry_storage(self) -> None:
         """Try what failed again (a flush, then a full save): back to work when it works."""
         if self._durable("flushing the replay buffer", self.replay.flush) and \
-                self._durable("saving the learner state", self.save):
+                self._checkpoint():
             log.warning("storage works again after: %s; storing and training resume",
                         self.fault)
             self.fault = ""
@@ -380,12 +409,12 @@ class TrainingLoop:
                     next_weights = now + cfg.publish_weights_period_s
                 if self.counters.updates - last_ckpt_update >= cfg.checkpoint_period_updates:
                     last_ckpt_update = self.counters.updates
-                    if not self._durable("saving the learner state", self.save):
+                    if not self._checkpoint():
                         continue
         finally:
             if not self.fault:
                 self._durable("storing steps", self.drain)
-                self._durable("saving the learner state", self.save)
+                self._checkpoint()
             publish_metrics(self.metrics())
 
     def close(self) -> None:
