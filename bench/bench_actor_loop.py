@@ -72,6 +72,7 @@ from drqv2_ros.acting.weights import (  # noqa: E402
     actor_state_bytes,
     load_actor_bytes,
 )
+from drqv2_ros.cli_checks import float_in, int_in  # noqa: E402
 from drqv2_ros.convert.robobase import (  # noqa: E402
     convert_snapshot,
     load_checkpoint_any,
@@ -496,16 +497,17 @@ def report(base: dict, g: dict, info: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter windows (~1.5 min)")
-    ap.add_argument("--window", type=float, default=None,
+    ap.add_argument("--window", type=float_in(0, 3600, open_low=True), default=None,
                     help="latency window while training, s (default 45, quick 20)")
-    ap.add_argument("--swaps", type=int, default=None,
+    ap.add_argument("--swaps", type=int_in(0, 10_000), default=None,
                     help="hot-swaps of each kind (default 8, quick 4)")
-    ap.add_argument("--batch", type=int, default=64, help="learner batch size")
-    ap.add_argument("--learner-threads", type=int, default=os.cpu_count() or 1,
+    ap.add_argument("--batch", type=int_in(1, 65_536), default=64, help="learner batch size")
+    ap.add_argument("--learner-threads", type=int_in(1, 256), default=os.cpu_count() or 1,
                     help="learner torch threads (default: CPUs)")
-    ap.add_argument("--max-updates-per-second", type=float, default=0.0,
+    ap.add_argument("--max-updates-per-second", type=float_in(0, 1e6), default=0.0,
                     help="learner update cap (0 = uncapped, the default)")
-    ap.add_argument("--push-period", type=float, default=2.0, help="learner weight push period")
+    ap.add_argument("--push-period", type=float_in(0, 3600, open_low=True), default=2.0,
+                    help="learner weight push period")
     ap.add_argument("--render", default="640x480", help="sim camera render WxH")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (node logs)")

@@ -28,6 +28,7 @@ import numpy as np
 from drqv2_ros.bags.ingest import ingest_bags
 from drqv2_ros.bags.recorder import BagRecorder
 from drqv2_ros.bags.typestore import STEP_TYPE, project_typestore, step_to_rosbags
+from drqv2_ros.cli_checks import int_in
 from drqv2_ros.learning.replay_buffer import ReplayBuffer
 from drqv2_ros.observation.step_record import StepRecord, from_msg
 
@@ -114,11 +115,12 @@ def time_disk(work: Path, nbytes: int, block: int = 2 << 20) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--episodes", type=int, default=40)
-    ap.add_argument("--length", type=int, default=100, help="transitions per episode")
-    ap.add_argument("--size", type=int, default=84)
+    ap.add_argument("--episodes", type=int_in(1, 100_000), default=40)
+    ap.add_argument("--length", type=int_in(1, 100_000), default=100,
+                    help="transitions per episode")
+    ap.add_argument("--size", type=int_in(8, 1024), default=84)
     ap.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int_in(1, 1000), default=5)
     ap.add_argument("--workdir", default=None, help="where to write (default: a temp dir)")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_ingest_"))

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from drqv2_ros.cli_checks import float_in, int_in
 from drqv2_ros.learning.training_loop import TrainingConfig, TrainingLoop
 from drqv2_ros.observation.step_record import StepRecord
 from drqv2_ros.policy import DrQV2Config, DrQV2Policy
@@ -108,9 +109,10 @@ def run(mode: str, seconds: float, rate: float, batch: int, work: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--rate", type=float, default=100.0, help="paced producer, steps/s")
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--seconds", type=float_in(0, 3600, open_low=True), default=20.0)
+    ap.add_argument("--rate", type=float_in(0, 1e6, open_low=True), default=100.0,
+                    help="paced producer, steps/s")
+    ap.add_argument("--batch", type=int_in(1, 65_536), default=256)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory(prefix="bench_intake_") as tmp:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from drqv2_ros.cli_checks import int_in
 from drqv2_ros.learning.replay_buffer import ReplayBuffer
 
 V, H, W = 1, 84, 84
@@ -85,9 +86,11 @@ def bench_naive(n: int, pool: np.ndarray, rng: np.random.Generator, repeats: int
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=10_000, help="steps written to the buffer")
-    ap.add_argument("--naive", type=int, default=2_000, help="transitions in the naive layout")
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--steps", type=int_in(100, 10_000_000), default=10_000,
+                    help="steps written to the buffer")
+    ap.add_argument("--naive", type=int_in(1, 1_000_000), default=2_000,
+                    help="transitions in the naive layout")
+    ap.add_argument("--repeats", type=int_in(1, 10_000), default=30)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     tmp = Path(tempfile.mkdtemp(prefix="bench_rb_"))

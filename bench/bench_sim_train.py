@@ -22,6 +22,7 @@ from drqv2_ros.bringup.graph import rendering_environment
 
 os.environ.update(rendering_environment(os.environ))
 
+from drqv2_ros.cli_checks import int_in
 from drqv2_ros.demo.sim_train import SimTrainConfig, SimTrainer
 
 REAL_TIME_HZ = 10.0
@@ -53,10 +54,10 @@ def measure(render: str, size: tuple[int, int], train: bool, a, envs: int = 1
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--episodes", type=int, default=3)
-    ap.add_argument("--episode-steps", type=int, default=50)
-    ap.add_argument("--train-batch", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--episodes", type=int_in(1, 10_000), default=3)
+    ap.add_argument("--episode-steps", type=int_in(1, 100_000), default=50)
+    ap.add_argument("--train-batch", type=int_in(1, 65_536), default=64)
+    ap.add_argument("--seed", type=int_in(0, 2**31 - 1), default=0)
     a = ap.parse_args()
     print(f"{os.cpu_count()} CPUs; {a.episodes} x {a.episode_steps}-step episodes per row; "
           f"baseline: real time = {REAL_TIME_HZ:.0f} steps/s")

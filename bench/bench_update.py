@@ -57,6 +57,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from drqv2_ros.cli_checks import int_in
 from drqv2_ros.learning.device import describe_device, resolve_device
 from drqv2_ros.learning.device_replay import DeviceReplay
 from drqv2_ros.learning.glibc import keep_freed_memory
@@ -309,9 +310,10 @@ def print_device(r: dict, variants: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="DrQ-v2 update throughput (pick-101 architecture)")
     ap.add_argument("--quick", action="store_true", help="fewer iterations (< 1 minute)")
-    ap.add_argument("--batch", type=int, nargs="+", default=[256, 64])
-    ap.add_argument("--iters", type=int, default=None, help="timed iterations per measurement")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--batch", type=int_in(1, 65_536), nargs="+", default=[256, 64])
+    ap.add_argument("--iters", type=int_in(1, 1_000_000), default=None,
+                    help="timed iterations per measurement")
+    ap.add_argument("--threads", type=int_in(1, 256), default=None, help="torch.set_num_threads")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--glibc-default", action="store_true",
                     help="do NOT call learner.keep_freed_memory() (glibc mallopt) first")
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                     choices=["fp32", "tf32", "bf16"], help="GPU: variants to time (first = "
                     "the one the ratios are for)")
     ap.add_argument("--compile", action="store_true", help="GPU: also time fp32+compile")
-    ap.add_argument("--replay-steps", type=int, default=6000,
+    ap.add_argument("--replay-steps", type=int_in(100, 10_000_000), default=6000,
                     help="GPU: steps in each on-disk buffer of the whole-loop measurement")
     args = ap.parse_args(argv)
     tuned = False if args.glibc_default else keep_freed_memory()
