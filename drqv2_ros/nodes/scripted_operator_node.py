@@ -33,45 +33,15 @@ from drqv2_ros.teleop.scripted_operator import OperatorConfig, ScriptedOperator,
 
 
 @dataclass
-class ScriptedOperatorParams:
+class ScriptedOperatorParams(OperatorConfig):
+    """The node's parameters: every ``OperatorConfig`` field, plus the Joy side."""
+
     controller: str = param("xbox", "mapping the teleop node uses: config/joy/<name>.yaml")
     mapping_file: str = param("", "explicit mapping YAML path (overrides controller)")
     rate: float = param(20.0, "Joy publish rate (Hz), like joy_node's autorepeat_rate")
     press_ticks: int = param(3, "Joy messages a button is held for (best-effort Joy)")
     reset_wait_s: float = param(1.0, "s after an episode event before a new episode may start")
     state_timeout: float = param(0.5, "s without sim/state after which the deadman is released")
-    intervene_probability: float = param(0.0, "chance that an episode gets a takeover")
-    intervene_every_n_episodes: int = param(1, "every n-th episode gets a takeover (0: never)")
-    intervene_start_s: float = param(0.0, "takeover starts this long into the episode (s)")
-    intervene_duration_s: float = param(0.0, "takeover length (s; 0: until the episode ends)")
-    press_success: bool = param(True, "press the success button when sim/state says success")
-    step_m: float = param(0.02, "metres per action unit (the driver's ee_step_m)")
-    kp: float = param(0.6, "proportional gain: fraction of the position error per tick")
-    max_action: float = param(1.0, "limit of |dx|, |dy|, |dz| in action units")
-    hover_height: float = param(0.06, "approach height above the cube centre (m)")
-    grasp_offset: float = param(0.0, "gripper site z relative to the cube centre at grasp (m)")
-    grasp_x_offset: float = param(0.0, "gripper site x relative to the cube centre (m)")
-    grasp_y_offset: float = param(-0.022, "gripper site y relative to the cube centre (m); "
-                                  "-0.022: the fixed jaw beside the cube's -y face")
-    stall_ticks: int = param(8, "ticks without descent progress (jaws blocked) before closing")
-    lift_z: float = param(0.15, "lift target height (m)")
-    xy_tolerance: float = param(0.012, "xy alignment tolerance (m): over the cube within it")
-    z_tolerance: float = param(0.008, "z tolerance (m)")
-    close_ticks: int = param(15, "ticks of closing before lifting anyway")
-    closed_opening: float = param(0.35, "gripper_opening below which the gripper is closed")
-    clear_xy_m: float = param(0.04, "a low gripper this close to the cube (xy, m) rises "
-                                    "before moving sideways")
-    open_opening: float = param(0.8, "gripper_opening above which the gripper is open")
-    seed: int = param(0, "random seed of intervene_probability")
-    takeover: str = param("schedule", "when to take over: 'schedule' (intervene_* above) or "
-                                      "'assist' (when the policy stalls or heads away)")
-    assist_window_s: float = param(1.5, "assist: evidence window (s)")
-    assist_progress_m: float = param(0.01, "assist: less approach to the cube than this over "
-                                           "the window is a stall (m)")
-    assist_away_m: float = param(0.03, "assist: more retreat than this over the window is "
-                                       "heading away (m)")
-    assist_duration_s: float = param(2.0, "assist: one takeover's length (s)")
-    assist_budget_s: float = param(4.0, "assist: takeover time per episode, at most (s)")
 
 
 def state_from_msg(msg: SimState) -> SimStateData:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from drqv2_ros.settings import param
 from drqv2_ros.teleop.joy_mapping import GRIPPER_CLOSED, GRIPPER_OPEN
 
 APPROACH, DESCEND, CLOSE, LIFT, HOLD = "approach", "descend", "close", "lift", "hold"
@@ -62,37 +63,41 @@ class SimStateData:
 
 @dataclass
 class OperatorConfig:
-    intervene_probability: float = 0.0   # chance that an episode gets a takeover
-    intervene_every_n_episodes: int = 1  # every n-th episode gets one (0: never)
-    intervene_start_s: float = 0.0       # takeover starts this long into the episode
-    intervene_duration_s: float = 0.0    # takeover length (0: until the episode ends)
-    press_success: bool = True           # press the success button when sim says success
-    step_m: float = 0.02                 # metres per action unit (driver's ee_step_m)
-    kp: float = 0.6                      # fraction of the position error closed per tick
-    max_action: float = 1.0              # |dx|,|dy|,|dz| limit
-    hover_height: float = 0.06           # m above the cube centre for the approach
-    grasp_offset: float = 0.0            # m, gripper site z relative to the cube centre
-    grasp_x_offset: float = 0.0          # m, gripper site x relative to the cube centre
-    # m, gripper site y relative to the cube centre. The site sits on the fixed jaw; with
-    # the driver's top-down IK (wrist_roll pi/2) the moving jaw closes from +y, so the
-    # fixed jaw goes beside the cube's -y face (half edge 0.015 + pad) and the jaws
-    # straddle it. 0 puts the fixed jaw on top of the cube.
-    grasp_y_offset: float = -0.022
-    stall_ticks: int = 8                 # descent blocked this long (z not decreasing): close
-    lift_z: float = 0.15                 # m, target height of the lift (success > 0.08)
-    xy_tolerance: float = 0.012          # m
-    z_tolerance: float = 0.008           # m
-    close_ticks: int = 15                # ticks of closing before lifting anyway
-    clear_xy_m: float = 0.04             # a low gripper this close to the cube rises first
-    open_opening: float = 0.8            # gripper_opening above which it counts as open
-    closed_opening: float = 0.35         # gripper_opening below which it counts as closed
-    seed: int = 0
-    takeover: str = "schedule"           # "schedule" | "assist" (see the module text)
-    assist_window_s: float = 1.5         # evidence window for a takeover
-    assist_progress_m: float = 0.01      # less approach than this over the window: stalled
-    assist_away_m: float = 0.03          # more retreat than this over the window: heading off
-    assist_duration_s: float = 2.0       # one takeover's length
-    assist_budget_s: float = 4.0         # takeover time per episode, at most
+    """The operator's settings; the node declares each as a ROS parameter with its help
+    text (``ScriptedOperatorParams`` derives from this class)."""
+
+    intervene_probability: float = param(0.0, "chance that an episode gets a takeover")
+    intervene_every_n_episodes: int = param(1, "every n-th episode gets a takeover (0: never)")
+    intervene_start_s: float = param(0.0, "takeover starts this long into the episode (s)")
+    intervene_duration_s: float = param(0.0, "takeover length (s; 0: until the episode ends)")
+    press_success: bool = param(True, "press the success button when sim/state says success")
+    step_m: float = param(0.02, "metres per action unit (the driver's ee_step_m)")
+    kp: float = param(0.6, "proportional gain: fraction of the position error per tick")
+    max_action: float = param(1.0, "limit of |dx|, |dy|, |dz| in action units")
+    hover_height: float = param(0.06, "approach height above the cube centre (m)")
+    grasp_offset: float = param(0.0, "gripper site z relative to the cube centre at grasp (m)")
+    grasp_x_offset: float = param(0.0, "gripper site x relative to the cube centre (m)")
+    grasp_y_offset: float = param(-0.022, "gripper site y relative to the cube centre (m); "
+                                  "-0.022: the fixed jaw beside the cube's -y face")
+    stall_ticks: int = param(8, "ticks without descent progress (jaws blocked) before closing")
+    lift_z: float = param(0.15, "lift target height (m)")
+    xy_tolerance: float = param(0.012, "xy alignment tolerance (m): over the cube within it")
+    z_tolerance: float = param(0.008, "z tolerance (m)")
+    close_ticks: int = param(15, "ticks of closing before lifting anyway")
+    clear_xy_m: float = param(0.04, "a low gripper this close to the cube (xy, m) rises "
+                                    "before moving sideways")
+    open_opening: float = param(0.8, "gripper_opening above which the gripper is open")
+    closed_opening: float = param(0.35, "gripper_opening below which the gripper is closed")
+    seed: int = param(0, "random seed of intervene_probability")
+    takeover: str = param("schedule", "when to take over: 'schedule' (intervene_* above) or "
+                                      "'assist' (when the policy stalls or heads away)")
+    assist_window_s: float = param(1.5, "assist: evidence window (s)")
+    assist_progress_m: float = param(0.01, "assist: less approach to the cube than this over "
+                                           "the window is a stall (m)")
+    assist_away_m: float = param(0.03, "assist: more retreat than this over the window is "
+                                       "heading away (m)")
+    assist_duration_s: float = param(2.0, "assist: one takeover's length (s)")
+    assist_budget_s: float = param(4.0, "assist: takeover time per episode, at most (s)")
 
     def __post_init__(self) -> None:
         if self.takeover not in TAKEOVERS:
