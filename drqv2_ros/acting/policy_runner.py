@@ -25,9 +25,7 @@ class PolicyRunner:
                  schedule_step: int | None = None, seed: int = 0):
         # The actor needs the encoder and the actor network only: the critics stay with the
         # learner (less memory, and weight pushes copy a quarter of the tensors).
-        for name in ("critic", "critic_target"):
-            if name in policy._modules:
-                setattr(policy, name, torch.nn.Module())  # parameter-free placeholder
+        policy.drop_critics()
         self.policy = policy.eval()
         self.config: DrQV2Config = policy.config
         self.source = source

@@ -360,7 +360,8 @@ class DrQV2Model(nn.Module):
             config.encoder_kernel_size,
         )
         self.actor = Actor(config)
-        # critics=False: acting only (the actor process): parameter-free placeholders
+        # critics=False: acting only (the actor process): parameter-free placeholders, as
+        # drop_critics() leaves them
         self.critic = Critic(config) if critics else nn.Module()
         if init_weights:  # skipped when weights are loaded right after (saves ~0.1-1 s)
             self.apply(weight_init)
@@ -369,6 +370,11 @@ class DrQV2Model(nn.Module):
         self.critic_target.eval()
         # Parameter-free; used by the learner when config.use_augmentation.
         self.aug = RandomShiftsAug(config.aug_pad)
+
+    def drop_critics(self) -> None:
+        """Acting only: the critics (and target) become the parameter-free placeholders that
+        ``critics=False`` builds (less memory; weight pushes carry encoder + actor only)."""
+        self.critic, self.critic_target = nn.Module(), nn.Module()
 
     # -- forward pieces
     def encode(self, rgb: torch.Tensor) -> torch.Tensor:
