@@ -162,7 +162,9 @@ class DrQV2Config:
     # Random-shift augmentation of images in the update; pad in pixels (replicate).
     use_augmentation: bool = True
     aug_pad: int = 4
-    # Training batch size.
+    # The batch size of the run that made these weights (RoboBase's, carried over by the
+    # converter). Informational: the batch of an update is the learner's ``batch_size``
+    # parameter (TrainingConfig), whatever this says.
     batch_size: int = 256
 
     # --------------------------------------------------------------- RoboBase run shape
