@@ -54,7 +54,8 @@ class TrainingConfig:
     offline_capacity: int = param(50_000, "offline (demos + interventions) capacity, steps")
     offline_fraction: float = param(0.5, "fraction of each batch from the offline buffer")
     batch_size: int = param(256, "update batch size")
-    utd_ratio: float = param(1.0, "updates per stored transition (steps dropped on the way are no data)")
+    utd_ratio: float = param(1.0, "updates per stored transition (steps dropped on the way "
+                                  "are no data)")
     warmup_transitions: int = param(500, "no update before the buffers hold this many")
     max_updates_per_second: float = param(0.0, "update rate cap (0 = unlimited)")
     publish_weights_period_s: float = param(4.0, "actor weights push period, s")
