@@ -250,3 +250,27 @@ def test_unknown_model_name_is_refused(plugin):
     policy = plugin(make_policy_config("drqv2", device="cpu"))
     with pytest.raises(ValueError, match="discrete_critic"):
         policy.forward({}, model="discrete_critic")
+
+
+def test_images_are_augmented_once(plugin):
+    # by default the policy shifts images inside the update (RoboBase's random shift of
+    # both observations), so LeRobot's ReplayBuffer is made with use_drq=False; with
+    # augment_in_policy=False (a buffer that shifts itself, use_drq=True) it does not
+    from lerobot_policy_drqv2 import DrQV2Config
+
+    core = small_core(seed=1)
+    rng = np.random.default_rng(3)
+    batch = lerobot_batch(rng, core.config, 4)
+    feats = {}
+    for flag in (True, False):
+        cfg = DrQV2Config.from_core(core.config, device="cpu", augment_in_policy=flag)
+        policy = plugin(cfg)
+        policy.load_state_dict(core.state_dict(), strict=True)
+        assert (policy.learner.aug is not None) == flag
+        out = []
+        for _ in range(2):
+            policy.forward(batch, model="critic")
+            out.append(policy._features[4])
+        feats[flag] = out
+    assert not torch.equal(*feats[True])  # shifted differently each call
+    assert torch.equal(*feats[False])     # not shifted at all
