@@ -156,7 +156,7 @@ def test_sim_backend_reset_is_seeded_and_steps_in_real_time():
         s = a.task_state()
         assert not s.cube_grasped and not s.success and 0.0 <= s.gripper_opening <= 1.0
         q0, _ = a.read_joints()
-        np.testing.assert_allclose(q0, 0.0, atol=1e-9)             # home
+        np.testing.assert_allclose(q0, cfg.home_position, atol=1e-9)  # home (wrist_view)
         assert a.advance(100.0) == 0                               # first call anchors time
         assert a.advance(100.1) == 50                              # 0.1 s of 2 ms steps
         assert a.advance(110.0) == 50                              # backlog capped at 0.1 s
