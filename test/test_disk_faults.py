@@ -69,23 +69,37 @@ def test_a_ring_the_disk_cannot_hold_is_refused_at_once(small_disk):
     assert sorted(p.name for p in (small_disk / "rb").iterdir()) == ["lock"]  # no debris
 
 
-def test_full_disk_pauses_the_learner_and_loses_nothing(small_disk):
-    cfg = cfg_for(small_disk, flush_period_s=0.05, fault_retry_s=0.2)
-    cfg.checkpoint_period_updates = 4
-    loop = TrainingLoop(cfg, small_policy())
-    rng = np.random.default_rng(0)
-    fed = [r for ep in range(3) for r in episode(ep, 12, rng)]
-    stop, metrics = threading.Event(), []
-    th = threading.Thread(target=loop.run, args=(stop, lambda w: None, metrics.append))
-    th.start()
+class RunningLoop:
+    """A TrainingLoop on ``small_disk`` with its work loop in a thread; ``wait`` for a
+    condition (failing if the thread died or it timed out); ``stop`` ends it."""
 
-    def wait(pred, what, timeout=60):
+    def __init__(self, small_disk, checkpoint_period_updates: int):
+        cfg = cfg_for(small_disk, flush_period_s=0.05, fault_retry_s=0.2)
+        cfg.checkpoint_period_updates = checkpoint_period_updates
+        self.loop = TrainingLoop(cfg, small_policy())
+        self.stop_event, self.metrics = threading.Event(), []
+        self.thread = threading.Thread(target=self.loop.run, args=(
+            self.stop_event, lambda w: None, self.metrics.append))
+        self.thread.start()
+
+    def wait(self, pred, what, timeout=60):
         deadline = time.monotonic() + timeout
         while not pred():
-            assert th.is_alive(), f"training thread died waiting for {what}"
+            assert self.thread.is_alive(), f"training thread died waiting for {what}"
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.02)
 
+    def stop(self):
+        self.stop_event.set()
+        self.thread.join(30)
+        self.loop.close()
+
+
+def test_full_disk_pauses_the_learner_and_loses_nothing(small_disk):
+    run = RunningLoop(small_disk, checkpoint_period_updates=4)
+    loop, wait, metrics, th = run.loop, run.wait, run.metrics, run.thread
+    rng = np.random.default_rng(0)
+    fed = [r for ep in range(3) for r in episode(ep, 12, rng)]
     try:
         for r in fed:
             loop.submit(r)
@@ -109,9 +123,7 @@ def test_full_disk_pauses_the_learner_and_loses_nothing(small_disk):
         c = loop.intake.counts()[""]
         assert c.received == c.stored + sum(c.dropped.values())
     finally:
-        stop.set()
-        th.join(30)
-        loop.close()
+        run.stop()
     buf = ReplayBuffer.open(small_disk / "out" / "replay" / "online")
     assert buf.total_steps_added == loop.counters.stored
     for i, r in enumerate(fed + more):  # what was stored is what was sent, in order
@@ -149,22 +161,10 @@ def test_a_disk_without_room_for_checkpoints_keeps_storing_steps(small_disk):
     steps stay durable, and saving works again once space returns."""
     import os
 
-    cfg = cfg_for(small_disk, flush_period_s=0.05, fault_retry_s=0.2)
-    cfg.checkpoint_period_updates = 2
-    loop = TrainingLoop(cfg, small_policy())
+    run = RunningLoop(small_disk, checkpoint_period_updates=2)
+    loop, wait, metrics = run.loop, run.wait, run.metrics
     rng = np.random.default_rng(1)
     first = [r for ep in range(2) for r in episode(ep, 12, rng)]
-    stop, metrics = threading.Event(), []
-    th = threading.Thread(target=loop.run, args=(stop, lambda w: None, metrics.append))
-    th.start()
-
-    def wait(pred, what, timeout=60):
-        deadline = time.monotonic() + timeout
-        while not pred():
-            assert th.is_alive(), f"training thread died waiting for {what}"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.02)
-
     try:
         for r in first:
             loop.submit(r)
@@ -190,9 +190,7 @@ def test_a_disk_without_room_for_checkpoints_keeps_storing_steps(small_disk):
         ballast.unlink()  # space returns: the next periodic save works
         wait(lambda: not loop.checkpoint_fault, "saving to work again")
     finally:
-        stop.set()
-        th.join(30)
-        loop.close()
+        run.stop()
     buf = ReplayBuffer.open(small_disk / "out" / "replay" / "online")
     assert buf.total_steps_added == len(first) + len(more)
     for i, r in enumerate(first + more):
