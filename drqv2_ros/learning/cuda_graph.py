@@ -34,12 +34,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
-
-if TYPE_CHECKING:
-    from drqv2_ros.learning.learner import DrQV2Learner
 
 log = logging.getLogger("drqv2_ros.learner")
 
@@ -48,10 +45,28 @@ __all__ = ["GraphedUpdate"]
 _WARMUP = 3
 
 
+class GraphableLearner(Protocol):
+    """What a graphed update needs of its learner (``DrQV2Learner`` is one): where it runs,
+    the policy and the three optimisers whose tensors the graph updates in place, the update
+    math to capture, the host-side loss check of the eager path, and the update count."""
+
+    device: torch.device
+    policy: Any
+    critic_opt: torch.optim.Optimizer
+    encoder_opt: torch.optim.Optimizer
+    actor_opt: torch.optim.Optimizer
+    num_updates: int
+
+    def update_math(self, b: Mapping[str, Any], rnd: Mapping[str, Any], std: Any,
+                    check: Callable[[str, torch.Tensor], None]) -> dict[str, Any]: ...
+
+    def check_host(self, name: str, loss: torch.Tensor) -> None: ...
+
+
 class GraphedUpdate:
     """Captures and replays one learner's update (one batch shape at a time)."""
 
-    def __init__(self, learner: DrQV2Learner) -> None:
+    def __init__(self, learner: GraphableLearner) -> None:
         if learner.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
         self.learner = learner
@@ -181,7 +196,7 @@ class GraphedUpdate:
                 log.info("batch shape changed: capturing the update again")
             self._capture(b, rnd, std)
             if self.graph is None:
-                values = self.learner.update_math(b, rnd, std, self.learner._check_host)
+                values = self.learner.update_math(b, rnd, std, self.learner.check_host)
                 if after_launch is not None:
                     after_launch()
                 return values

@@ -266,6 +266,11 @@ class DrQV2Learner:
 
     # ------------------------------------------------------------------ counters
     @property
+    def graphed(self) -> bool:
+        """Whether updates replay as one CUDA graph (``cuda_graph.GraphedUpdate``)."""
+        return self._graphs is not None
+
+    @property
     def config(self) -> DrQV2Config:
         return self.policy.config
 
@@ -418,7 +423,7 @@ class DrQV2Learner:
         if self._graphs is not None and self._graphs.usable(b) and not critic_only:
             values = self._graphs.run(b, rnd, std, after_launch)
         else:
-            values = self.update_math(b, rnd, std, self._check_host, critic_only=critic_only)
+            values = self.update_math(b, rnd, std, self.check_host, critic_only=critic_only)
             if after_launch is not None:
                 after_launch()
         self.num_updates += 1
@@ -426,7 +431,7 @@ class DrQV2Learner:
         values.update(std=std, iteration=float(step), num_updates=float(self.num_updates))
         return UpdateMetrics(values)
 
-    def _check_host(self, name: str, loss: torch.Tensor) -> None:
+    def check_host(self, name: str, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):  # waits for the device: the guard of the next step
             what = ": weights left unchanged" if name == "critic" else ""
             raise FloatingPointError(f"{name} loss is {loss.item()} at update "
@@ -572,7 +577,7 @@ class DrQV2Learner:
         low = b["low_dim"] if cfg.low_dim_size > 0 else None
         mu = self.actor_dist(low, fused, self.std()).mean
         loss = (mu.float() - b["action"]).square().sum(-1).mean()
-        self._check_host("bc", loss)
+        self.check_host("bc", loss)
         self._bc_opt.zero_grad(set_to_none=True)
         loss.backward()
         self._bc_opt.step()

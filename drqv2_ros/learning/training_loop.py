@@ -188,7 +188,7 @@ class TrainingLoop:
         where = describe_device(self.learner.device)
         replay = "replay gathered on the device" if self.device_replay else "replay on host"
         note = f"; {self.learner.rng_note}" if self.learner.rng_note else ""
-        graphs = ", CUDA graph" if self.learner._graphs is not None else ""
+        graphs = ", CUDA graph" if self.learner.graphed else ""
         return (f"{where}, {self.learner.precision}{graphs}"
                 f"{', compiled' if self.learner.compiled else ''}, {replay}{note}")
 
