@@ -15,7 +15,8 @@ import sys
 
 COMMANDS = {
     "convert": ("drqv2_ros.convert.cli", "convert_main", "convert a RoboBase snapshot"),
-    "record": ("drqv2_ros.bags.cli", "record_main", "record topics into a rosbag2 bag"),
+    "record": ("drqv2_ros.nodes.recorder_node", "record_main",
+               "record topics into a rosbag2 bag"),
     "ingest": ("drqv2_ros.bags.cli", "ingest_main", "seed a replay buffer from bags"),
     "export": ("drqv2_ros.bags.cli", "export_main", "export bags to a LeRobot dataset"),
     "launch": ("drqv2_ros.bringup.launcher", "launcher_main", "start the node graph"),

@@ -33,45 +33,6 @@ def _err(cmd: str, msg: str) -> None:
 
 # ------------------------------------------------------------------------------- record
 
-def record_main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ros_args: list[str] = []
-    if "--ros-args" in argv:
-        i = argv.index("--ros-args")
-        argv, ros_args = argv[:i], argv[i:]
-    ap = argparse.ArgumentParser(
-        prog="drqv2-ros record",
-        description="Record a topic set (default: the demo set of config/recorder.yaml) into a "
-                    "rosbag2 bag until Ctrl-C / SIGTERM. Anything after --ros-args goes to the "
-                    "node (remaps, namespace, use_sim_time).")
-    ap.add_argument("-o", "--output", default="",
-                    help="bag directory to create (default bags/demo_YYYYmmdd_HHMMSS)")
-    ap.add_argument("-s", "--storage", choices=["mcap", "sqlite3"], default=None,
-                    help="storage plugin (default: the config's, mcap)")
-    ap.add_argument("--topics", nargs="+", default=None,
-                    help="topics to record instead of the config's set")
-    ap.add_argument("--config", default=None,
-                    help="recorder params file (default config/recorder.yaml)")
-    args = ap.parse_args(argv)
-    config = Path(args.config) if args.config else _config_file("recorder.yaml")
-    if args.config and not config.is_file():
-        _err("record", f"no params file {config}")
-        return 2
-    node_args = ["drqv2-ros-record", "--ros-args"]
-    if config is not None:
-        node_args += ["--params-file", str(config)]
-    if args.output:
-        node_args += ["-p", f"output:={args.output}"]
-    if args.storage:
-        node_args += ["-p", f"storage:={args.storage}"]
-    if args.topics:
-        node_args += ["-p", "topics:=[" + ",".join(args.topics) + "]"]
-    node_args += ros_args
-    from drqv2_ros.nodes.recorder_node import main as recorder_main
-
-    return recorder_main(node_args)
-
-
 # ------------------------------------------------------------------------------- ingest
 
 #: the replay buffer's own schema ceilings (learning/replay_buffer.py) are far above these;

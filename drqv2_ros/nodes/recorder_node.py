@@ -15,11 +15,13 @@ and ``metadata.yaml`` written, so the bag is valid.
 
 from __future__ import annotations
 
+import argparse
 import faulthandler
 import signal
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -41,6 +43,7 @@ from drqv2_ros.bags.recorder import (
     default_bag_path,
 )
 from drqv2_ros.nodes.common import declare_parameters, param
+from drqv2_ros.package_files import config_file
 
 
 @dataclass
@@ -204,6 +207,43 @@ def main(args: list[str] | None = None) -> int:
             signal.signal(s, h)
     return code
 
+
+def record_main(argv: list[str] | None = None) -> int:
+    """`drqv2-ros record`: this node in the foreground, its options as a command line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args: list[str] = []
+    if "--ros-args" in argv:
+        i = argv.index("--ros-args")
+        argv, ros_args = argv[:i], argv[i:]
+    ap = argparse.ArgumentParser(
+        prog="drqv2-ros record",
+        description="Record a topic set (default: the demo set of config/recorder.yaml) into a "
+                    "rosbag2 bag until Ctrl-C / SIGTERM. Anything after --ros-args goes to the "
+                    "node (remaps, namespace, use_sim_time).")
+    ap.add_argument("-o", "--output", default="",
+                    help="bag directory to create (default bags/demo_YYYYmmdd_HHMMSS)")
+    ap.add_argument("-s", "--storage", choices=["mcap", "sqlite3"], default=None,
+                    help="storage plugin (default: the config's, mcap)")
+    ap.add_argument("--topics", nargs="+", default=None,
+                    help="topics to record instead of the config's set")
+    ap.add_argument("--config", default=None,
+                    help="recorder params file (default config/recorder.yaml)")
+    args = ap.parse_args(argv)
+    config = Path(args.config) if args.config else config_file("recorder.yaml")
+    if args.config and not config.is_file():
+        print(f"drqv2-ros record: error: no params file {config}", file=sys.stderr)
+        return 2
+    node_args = ["drqv2-ros-record", "--ros-args"]
+    if config is not None:
+        node_args += ["--params-file", str(config)]
+    if args.output:
+        node_args += ["-p", f"output:={args.output}"]
+    if args.storage:
+        node_args += ["-p", f"storage:={args.storage}"]
+    if args.topics:
+        node_args += ["-p", "topics:=[" + ",".join(args.topics) + "]"]
+    node_args += ros_args
+    return main(node_args)
 
 if __name__ == "__main__":
     sys.exit(main())
