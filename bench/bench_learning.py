@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(runs)
     head = runs[0]
     data = {
-        "scale": a.scale, "scale_settings": asdict(s), "shift": a.shift, "seed": a.seed,
+        "scale": a.scale, "scale_settings": asdict(s), "shift": a.shift,
+        "shift_parameters": asdict(shift_named(a.shift)), "seed": a.seed,
         "seeds": list(range(a.seed, a.seed + a.seeds)), "variants": variants,
         "start": starts[0], "starts": starts,
         "start_success_nominal": head["start_success_nominal"],

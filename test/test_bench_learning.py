@@ -29,6 +29,7 @@ def test_smoke_scale_pipeline(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "learning.json").read_text())
     assert data["scale"] == "smoke" and data["shift"] == "real_proxy"
+    assert data["shift_parameters"]["light_scale"] == 0.55  # the report names what it shifts
     assert data["start"]["demo_episodes"] == 2 and data["start"]["pretrain_updates"] == 4
     ev = data["evaluations"]
     assert [e["after_episodes"] for e in ev] == [0, 1, 2]

@@ -442,7 +442,8 @@ def run(cfg: SimTrainConfig, progress: bool = True) -> dict:
     report = {
         "config": asdict(cfg),
         "render": {"mode": cfg.render, "width": cfg.render_width, "height": cfg.render_height},
-        "shift": cfg.shift,
+        "shift": cfg.shift,  # the preset or file, and what it changes:
+        "shift_parameters": asdict(shift_named(cfg.shift)),
         "env_steps": trainer.env_steps, "updates": trainer.updates,
         "wall_s": wall,
         "env_steps_per_s": trainer.env_steps_per_s,
