@@ -37,6 +37,7 @@ from drqv2_ros.bringup.dds import PROFILE_VARS, profile_environment
 from drqv2_ros.bringup.graph import GraphOptions
 from drqv2_ros.bringup.launcher import GraphProcesses
 from drqv2_ros.bringup.shm_clean import SHM, stale_segments
+from drqv2_ros.cli_checks import float_in
 from drqv2_ros.demo.report import EpisodeSummary, RunRecord, write_report
 from drqv2_ros.package_files import config_file
 
@@ -55,7 +56,13 @@ def _demo_params(a) -> dict:
             "utd_ratio": a.utd_ratio, "checkpoint_period_updates": a.checkpoint_every,
             "publish_weights_period_s": a.weights_period, "online_capacity": 20000,
             "offline_capacity": 10000, "torch_threads": 1, "metrics_period_s": 2.0,
-            "max_updates_per_second": a.max_updates_per_second}},
+            "max_updates_per_second": a.max_updates_per_second,
+            # the benchmark's fine-tuning recipe for a pretrained start (bench_learning:
+            # the cloned encoder kept, RoboBase's BC term on demos and interventions);
+            # from random weights (--scratch) RoboBase's update alone
+            "freeze_encoder": a.freeze_encoder == "on" or (a.freeze_encoder == "auto"
+                                                          and not a.scratch),
+            "bc_weight": a.bc_weight}},
         # HIL: 'assist' takes over when the policy stalls or heads away (a person watching
         # it); 'schedule' in about half the episodes, for a few seconds each.
         "scripted_operator": {"ros__parameters": {
@@ -346,6 +353,11 @@ def sim_finetune_main(argv: list[str]) -> int:
                     "none)")
     ap.add_argument("--operator", choices=("assist", "schedule"), default="assist",
                     help="when the scripted operator takes over (default assist)")
+    ap.add_argument("--freeze-encoder", choices=("auto", "on", "off"), default="auto",
+                    help="keep the start policy's encoder fixed (auto: on unless --scratch)")
+    ap.add_argument("--bc-weight", type=float_in(0, 1e6), default=1.0,
+                    help="RoboBase's BC term on demo and intervention samples (default 1; "
+                    "0: RoboBase's update alone)")
     ap.add_argument("--out", default="", help="output folder (default runs/sim_finetune/<time>)")
     ap.add_argument("--hot-swap-at", type=float, default=0.6,
                     help="fraction of the budget at which to hot-swap (default 0.6)")
