@@ -73,11 +73,8 @@ from drqv2_ros.acting.weights import (  # noqa: E402
     load_actor_bytes,
 )
 from drqv2_ros.cli_checks import float_in, int_in  # noqa: E402
-from drqv2_ros.convert.robobase import (  # noqa: E402
-    convert_snapshot,
-    load_checkpoint_any,
-    make_robobase_snapshot,
-)
+from drqv2_ros.convert.robobase import convert_snapshot, load_checkpoint_any  # noqa: E402
+from drqv2_ros.convert.robobase_writer import make_robobase_snapshot  # noqa: E402
 from drqv2_ros.policy.modeling_drqv2 import DrQV2Policy  # noqa: E402
 
 RATE_HZ = 10.0

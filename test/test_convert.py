@@ -23,7 +23,7 @@ from drqv2_ros.convert import (
     to_plain,
 )
 from drqv2_ros.convert.cli import convert_main
-from drqv2_ros.convert.robobase import robobase_state_dict
+from drqv2_ros.convert.robobase_writer import robobase_state_dict
 from drqv2_ros.policy import DrQV2Config, DrQV2Model, DrQV2Policy
 from drqv2_ros.policy.modeling_drqv2 import WEIGHTS_NAME
 from drqv2_ros.policy.training_counters import TrainingCounters

@@ -14,7 +14,8 @@ from ros_harness import ROOT, NodeProcess, Probe, allocate_domain_id, ros_enviro
 
 from drqv2_ros.bags.episodes import TargetShapes, read_episodes
 from drqv2_ros.bags.ingest import ingest_bags
-from drqv2_ros.convert.robobase import convert_snapshot, make_robobase_snapshot
+from drqv2_ros.convert.robobase import convert_snapshot
+from drqv2_ros.convert.robobase_writer import make_robobase_snapshot
 from drqv2_ros.learning.replay_buffer import ReplayBuffer
 from drqv2_ros.observation.step_record import from_msg
 

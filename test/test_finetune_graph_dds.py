@@ -18,7 +18,8 @@ pytest.importorskip("mujoco")
 
 from ros_harness import ROOT, NodeProcess, Probe, allocate_domain_id, ros_environment, wait_for
 
-from drqv2_ros.convert.robobase import convert_snapshot, make_robobase_snapshot
+from drqv2_ros.convert.robobase import convert_snapshot
+from drqv2_ros.convert.robobase_writer import make_robobase_snapshot
 from drqv2_ros.policy.configuration_drqv2 import DrQV2Config
 from drqv2_ros.policy.modeling_drqv2 import DrQV2Policy
 

@@ -21,7 +21,8 @@ import pytest
 import torch
 from small_models import small_config
 
-from drqv2_ros.convert.robobase import convert_snapshot, load_checkpoint_any, make_robobase_snapshot
+from drqv2_ros.convert.robobase import convert_snapshot, load_checkpoint_any
+from drqv2_ros.convert.robobase_writer import make_robobase_snapshot
 from drqv2_ros.policy import DrQV2Config, DrQV2Policy
 from drqv2_ros.policy.file_limits import CheckpointError
 

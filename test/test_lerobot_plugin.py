@@ -27,7 +27,8 @@ try:
 except Exception as exc:  # pragma: no cover - a venv without the set-up's LeRobot part
     pytest.skip(f"LeRobot's policy modules do not import here ({exc})", allow_module_level=True)
 
-from drqv2_ros.convert.robobase import convert_snapshot, make_robobase_snapshot
+from drqv2_ros.convert.robobase import convert_snapshot
+from drqv2_ros.convert.robobase_writer import make_robobase_snapshot
 from drqv2_ros.learning.learner import DrQV2Learner
 from drqv2_ros.learning.pixel_task import make_config
 from drqv2_ros.policy.modeling_drqv2 import DrQV2Policy as CorePolicy

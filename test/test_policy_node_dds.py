@@ -15,7 +15,8 @@ pytest.importorskip("mujoco")
 
 from ros_harness import ROOT, wait_for
 
-from drqv2_ros.convert.robobase import convert_snapshot, make_robobase_snapshot
+from drqv2_ros.convert.robobase import convert_snapshot
+from drqv2_ros.convert.robobase_writer import make_robobase_snapshot
 
 pytestmark = pytest.mark.dds
 JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]

@@ -23,7 +23,8 @@ import netns_link
 from ros_harness import ROOT, allocate_domain_id, ros_environment
 
 from drqv2_ros.bringup.dds import peer_environment, write_two_host_profile
-from drqv2_ros.convert.robobase import convert_snapshot, make_robobase_snapshot
+from drqv2_ros.convert.robobase import convert_snapshot
+from drqv2_ros.convert.robobase_writer import make_robobase_snapshot
 
 pytestmark = [pytest.mark.dds, pytest.mark.slow]
 WHY = netns_link.available()

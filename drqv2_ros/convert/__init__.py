@@ -1,4 +1,5 @@
-"""Safe conversion of RoboBase DrQ-v2 snapshots into LeRobot-style policy folders."""
+"""Safe conversion of RoboBase DrQ-v2 snapshots into LeRobot-style policy folders
+(``robobase``), and the reverse, a RoboBase-layout snapshot writer (``robobase_writer``)."""
 
 from drqv2_ros.convert.robobase import (
     CheckpointError,
@@ -6,9 +7,9 @@ from drqv2_ros.convert.robobase import (
     UnsafePickleError,
     convert_snapshot,
     load_checkpoint_any,
-    make_robobase_snapshot,
     policy_from_snapshot,
 )
+from drqv2_ros.convert.robobase_writer import make_robobase_snapshot
 from drqv2_ros.convert.safe_pickle import safe_torch_load, to_plain
 
 __all__ = [

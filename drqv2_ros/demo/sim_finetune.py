@@ -80,7 +80,8 @@ def _demo_params(a) -> dict:
 
 def prepare_checkpoint(out: Path, snapshot: str | None, seed: int, *, checkpoint: str = "",
                        scratch: bool = False, progress: bool = True) -> tuple[Path, str]:
-    from drqv2_ros.convert.robobase import convert_snapshot, make_robobase_snapshot
+    from drqv2_ros.convert.robobase import convert_snapshot
+    from drqv2_ros.convert.robobase_writer import make_robobase_snapshot
 
     if checkpoint:
         return Path(checkpoint), f"checkpoint {checkpoint}"
