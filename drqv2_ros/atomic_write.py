@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_path",
-           "fsync_dir"]
+           "fsync_dir", "publish_dir"]
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -34,6 +35,30 @@ def fsync_dir(directory: str | os.PathLike) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Move a finished folder ``tmp`` (built beside ``final``, on the same file system) to
+    ``final``: a reader sees no folder, the old one or the whole new one. An empty folder at
+    ``final`` is replaced; an old one is moved aside, then removed once the new one is in
+    place (put back if that rename fails). The rename is made durable."""
+    tmp, final = Path(tmp), Path(final)
+    if final.is_dir() and not any(final.iterdir()):
+        final.rmdir()
+    if not final.exists():
+        os.rename(tmp, final)
+    else:
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        old.rmdir()
+        os.rename(final, old)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            os.rename(old, final)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(final.parent)
+    return final
 
 
 @contextlib.contextmanager

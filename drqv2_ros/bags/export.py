@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from drqv2_ros.atomic_write import publish_dir
 from drqv2_ros.bags.episodes import EpisodeData, ReadReport, check_bags, read_episodes
 
 __all__ = ["ExportUnavailable", "ExportSummary", "episode_frames", "export_bags",
@@ -184,7 +185,7 @@ def export_bags(bags: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *
         finalize = getattr(ds, "finalize", None)
         if finalize is not None:
             finalize()
-        os.replace(tmp, out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from drqv2_ros.atomic_write import publish_dir
 from drqv2_ros.convert.safe_pickle import UnsafePickleError, safe_torch_load, to_plain
 from drqv2_ros.policy.configuration_drqv2 import (
     CONFIG_NAME,
@@ -574,30 +575,12 @@ def convert_snapshot(
                 if not torch.equal(v, ref[k]):
                     raise CheckpointError(f"{tmp}: read-back mismatch in {k}")
             bar.update()
-        _publish(tmp, out_dir)
+        publish_dir(tmp, out_dir)
     except BaseException:
         report.out_dir = None
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move the finished temp folder to ``out_dir`` (replacing an old one atomically-ish)."""
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    old.rmdir()
-    os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint_any(

@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from drqv2_ros.atomic_write import atomic_write_text, publish_dir
+
 INFO = "start_policy.json"
 
 
@@ -121,15 +123,11 @@ def cached_start_policy(r: StartPolicyRecipe, root: str | os.PathLike = "runs/st
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
         _, info = build_start_policy(r, tmp, progress=progress)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     # the paths inside info name the temporary folder it was built in
-    from drqv2_ros.atomic_write import atomic_write_text
-
     text = (final / INFO).read_text().replace(str(tmp), str(final))
     atomic_write_text(final / INFO, text)
     return final / "pretrain" / "checkpoint", json.loads(text), False
