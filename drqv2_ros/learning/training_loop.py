@@ -262,6 +262,9 @@ class TrainingLoop:
     def save(self) -> None:
         """Flush the buffers, then write the learner state and the converted checkpoint."""
         self.replay.flush()
+        self._save_learner()
+
+    def _save_learner(self) -> None:
         self.learner.save_state(self.out / STATE_FILE)
         self.learner.export_checkpoint(self.out / "checkpoints" / "last")
 
@@ -334,8 +337,7 @@ class TrainingLoop:
         if not self._durable("flushing the replay buffer", self.replay.flush):
             return False
         try:
-            self.learner.save_state(self.out / STATE_FILE)
-            self.learner.export_checkpoint(self.out / "checkpoints" / "last")
+            self._save_learner()
         except OSError as exc:
             self.checkpoint_faults += 1
             self.checkpoint_fault = f"saving the learner state and checkpoint: {exc}"
@@ -351,8 +353,7 @@ class TrainingLoop:
 
     def _retry_storage(self) -> None:
         """Try what failed again (a flush, then a full save): back to work when it works."""
-        if self._durable("flushing the replay buffer", self.replay.flush) and \
-                self._checkpoint():
+        if self._checkpoint():
             log.warning("storage works again after: %s; storing and training resume",
                         self.fault)
             self.fault = ""
