@@ -41,3 +41,17 @@ def test_benchmark_options_refuse_nonsense(bench, args, option):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / bench), *args],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2 and option in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--minutes", "0"], "--minutes"), (["--seed", "-1"], "--seed"),
+    (["--weights-period", "0"], "--weights-period"), (["--hot-swap-at", "2"], "--hot-swap-at"),
+    (["--bc-weight", "nan"], "--bc-weight"), (["--shift", "mars"], "--shift"),
+    (["--scratch", "--snapshot", "x.pt"], "--scratch")])
+def test_sim_finetune_options_refuse_nonsense_before_any_work(tmp_path, capsys, args, option):
+    from drqv2_ros.demo.sim_finetune import sim_finetune_main
+
+    with pytest.raises(SystemExit) as exc:
+        sim_finetune_main(["--out", str(tmp_path / "run"), *args])
+    assert exc.value.code == 2 and option in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from drqv2_ros.atomic_write import fsync_dir
+from drqv2_ros.atomic_write import publish_dir
+from drqv2_ros.cli_checks import float_in, int_in
 
 
 def _config_file(name: str) -> Path | None:
@@ -35,27 +35,6 @@ def _err(cmd: str, msg: str) -> None:
 
 # ------------------------------------------------------------------------------- ingest
 
-#: the replay buffer's own schema ceilings (learning/replay_buffer.py) are far above these;
-#: a size outside them is refused before anything is read or allocated
-_INGEST_RANGES = (("views", 1, 16), ("low_dim", 0, 1 << 16), ("action_size", 1, 64),
-                  ("capacity", 1, 1 << 31), ("frame_stack", 1, 64), ("nstep", 1, 1000))
-
-
-def _check_ingest_options(ap: argparse.ArgumentParser, a) -> None:
-    import math
-
-    for name, lo, hi in _INGEST_RANGES:
-        v = getattr(a, name)
-        if v is not None and not lo <= v <= hi:
-            ap.error(f"--{name.replace('_', '-')} must be in [{lo}, {hi}], got {v}")
-    if a.image_size is not None and not all(1 <= v <= 4096 for v in a.image_size):
-        ap.error(f"--image-size must be in [1, 4096] x [1, 4096], got {a.image_size}")
-    if a.discount is not None and not (math.isfinite(a.discount) and 0 <= a.discount <= 1):
-        ap.error(f"--discount must be in [0, 1], got {a.discount}")
-    if a.summary_json and Path(a.summary_json).exists():
-        ap.error(f"--summary-json: {a.summary_json} exists: choose a new path")
-
-
 def ingest_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="drqv2-ros ingest",
@@ -66,15 +45,19 @@ def ingest_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--buffer", required=True, help="replay buffer directory")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="converted checkpoint dir (its config.json)")
-    src.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+    src.add_argument("--image-size", type=int_in(1, 4096), nargs=2, metavar=("H", "W"),
                      help="policy image size (with --low-dim and --action-size)")
-    ap.add_argument("--views", type=int, default=1, help="camera views (with --image-size)")
-    ap.add_argument("--low-dim", type=int, help="single-frame low-dim size")
-    ap.add_argument("--action-size", type=int, help="action size")
-    ap.add_argument("--capacity", type=int, help="steps (new buffer; default: the bags' steps)")
-    ap.add_argument("--frame-stack", type=int, help="new buffer (default checkpoint's or 3)")
-    ap.add_argument("--nstep", type=int, help="new buffer (default checkpoint's or 3)")
-    ap.add_argument("--discount", type=float, help="new buffer (default checkpoint's or 0.99)")
+    ap.add_argument("--views", type=int_in(1, 16), default=1,
+                    help="camera views (with --image-size)")
+    ap.add_argument("--low-dim", type=int_in(0, 1 << 16), help="single-frame low-dim size")
+    ap.add_argument("--action-size", type=int_in(1, 64), help="action size")
+    ap.add_argument("--capacity", type=int_in(1, 1 << 31),
+                    help="steps (new buffer; default: the bags' steps)")
+    ap.add_argument("--frame-stack", type=int_in(1, 64),
+                    help="new buffer (default checkpoint's or 3)")
+    ap.add_argument("--nstep", type=int_in(1, 1000), help="new buffer (default checkpoint's or 3)")
+    ap.add_argument("--discount", type=float_in(0, 1),
+                    help="new buffer (default checkpoint's or 0.99)")
     ap.add_argument("--step-topic", help="Step topic name (default: the bag's only one, /step)")
     ap.add_argument("--demo-flags", choices=["auto", "keep", "all"], default="auto",
                     help="auto: flag episodes is_demo unless their steps carry demo flags; "
@@ -82,7 +65,8 @@ def ingest_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--summary-json", help="also write the summary as JSON here")
     args = ap.parse_args(argv)
-    _check_ingest_options(ap, args)
+    if args.summary_json and Path(args.summary_json).exists():
+        ap.error(f"--summary-json: {args.summary_json} exists: choose a new path")
 
     from drqv2_ros.bags.episodes import (
         TargetShapes,
@@ -135,10 +119,7 @@ def ingest_main(argv: list[str] | None = None) -> int:
                                   progress=not args.no_progress)
             buffer.close()
             if staging is not None:
-                if buffer_dir.is_dir():
-                    buffer_dir.rmdir()  # the empty folder it was asked to fill
-                os.rename(staging, buffer_dir)
-                fsync_dir(buffer_dir.parent)
+                publish_dir(staging, buffer_dir)  # into the empty folder it was asked to fill
                 staging = None
                 summary.buffer = str(buffer_dir)
         finally:
@@ -165,14 +146,13 @@ def export_main(argv: list[str] | None = None) -> int:
         description="Export the complete episodes of bags to a LeRobot dataset directory "
                     "(written whole or not at all). Needs a working lerobot LeRobotDataset.")
     ap.add_argument("paths", nargs="+", metavar="BAG... OUT_DIR")
-    ap.add_argument("--fps", type=int, help="dataset fps (default: from the step stamps)")
+    ap.add_argument("--fps", type=int_in(1, 1000),
+                    help="dataset fps (default: from the step stamps)")
     ap.add_argument("--task", default=None, help="task string of every episode")
     ap.add_argument("--repo-id", default=None, help="dataset repo id (default local/<OUT_DIR>)")
     ap.add_argument("--step-topic", help="Step topic name")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    if args.fps is not None and not 1 <= args.fps <= 1000:
-        ap.error(f"--fps must be in [1, 1000], got {args.fps}")
     if len(args.paths) < 2:
         _err("export", "give at least one BAG and the OUT_DIR")
         return 2

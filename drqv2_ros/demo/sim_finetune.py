@@ -37,7 +37,7 @@ from drqv2_ros.bringup.dds import PROFILE_VARS, profile_environment
 from drqv2_ros.bringup.graph import GraphOptions
 from drqv2_ros.bringup.launcher import GraphProcesses
 from drqv2_ros.bringup.shm_clean import SHM, stale_segments
-from drqv2_ros.cli_checks import float_in
+from drqv2_ros.cli_checks import float_in, int_in
 from drqv2_ros.demo.report import EpisodeSummary, RunRecord, write_report
 from drqv2_ros.package_files import config_file
 
@@ -267,31 +267,12 @@ class Monitor:
 
 
 def _check_options(ap: argparse.ArgumentParser, a) -> None:
-    """Every option checked before any work (exit 2, the option named)."""
-    import math
-
+    """The checks across options, before any work (each option's own range is its argparse
+    type, ``cli_checks``): exit 2, the options named."""
     from drqv2_ros.robot.sim_shift import shift_named
 
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            ap.error(what)
-
-    need(math.isfinite(a.minutes) and 0 < a.minutes <= 24 * 60, "--minutes must be in (0, 1440]")
-    need(math.isfinite(a.hot_swap_at) and 0 <= a.hot_swap_at <= 1,
-         "--hot-swap-at must be in [0, 1]")
-    for name, lo in (("episode_steps", 1), ("batch_size", 1), ("warmup", 0),
-                     ("checkpoint_every", 1), ("eval_episodes", 0)):
-        v = getattr(a, name)
-        need(lo <= v <= 1_000_000, f"--{name.replace('_', '-')} must be in [{lo}, 1000000]")
-    for name in ("utd_ratio", "weights_period", "max_updates_per_second"):
-        v = getattr(a, name)
-        need(math.isfinite(v) and v >= 0, f"--{name.replace('_', '-')} must be finite, >= 0")
-    need(a.weights_period > 0, "--weights-period must be > 0")
-    need(math.isfinite(a.intervene_probability) and 0 <= a.intervene_probability <= 1,
-         "--intervene-probability must be in [0, 1]")
-    need(0 <= a.seed < 2**31, "--seed must be in [0, 2**31)")
-    need(sum(map(bool, (a.snapshot, a.checkpoint, a.scratch))) <= 1,
-         "--snapshot, --checkpoint and --scratch exclude each other")
+    if sum(map(bool, (a.snapshot, a.checkpoint, a.scratch))) > 1:
+        ap.error("--snapshot, --checkpoint and --scratch exclude each other")
     try:
         shift_named(a.shift)
     except ValueError as exc:
@@ -340,7 +321,8 @@ def _bag_info(path: Path) -> dict:
 def sim_finetune_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="drqv2-ros sim-finetune", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=4.0, help="run budget (default 4)")
+    ap.add_argument("--minutes", type=float_in(0, 24 * 60, open_low=True), default=4.0,
+                    help="run budget (default 4)")
     ap.add_argument("--snapshot", default="", help="your RoboBase snapshot (.pt), converted; "
                     "default: the start policy made in simulation")
     ap.add_argument("--checkpoint", default="", help="a converted checkpoint folder to start "
@@ -349,7 +331,7 @@ def sim_finetune_main(argv: list[str]) -> int:
                     "project-made RoboBase-layout snapshot, converted)")
     ap.add_argument("--shift", default="real_proxy", help="the sim-to-real proxy the robot "
                     "runs under: none, real_proxy (default) or a SimShift YAML file")
-    ap.add_argument("--eval-episodes", type=int, default=10,
+    ap.add_argument("--eval-episodes", type=int_in(0, 1_000_000), default=10,
                     help="policy-only evaluation episodes before and after (default 10; 0: "
                     "none)")
     ap.add_argument("--operator", choices=("assist", "schedule"), default="assist",
@@ -360,18 +342,18 @@ def sim_finetune_main(argv: list[str]) -> int:
                     help="RoboBase's BC term on demo and intervention samples (default 1; "
                     "0: RoboBase's update alone)")
     ap.add_argument("--out", default="", help="output folder (default runs/sim_finetune/<time>)")
-    ap.add_argument("--hot-swap-at", type=float, default=0.6,
+    ap.add_argument("--hot-swap-at", type=float_in(0, 1), default=0.6,
                     help="fraction of the budget at which to hot-swap (default 0.6)")
-    ap.add_argument("--episode-steps", type=int, default=60)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--warmup", type=int, default=120)
-    ap.add_argument("--utd-ratio", type=float, default=0.5)
-    ap.add_argument("--checkpoint-every", type=int, default=10)
-    ap.add_argument("--weights-period", type=float, default=4.0)
-    ap.add_argument("--max-updates-per-second", type=float, default=4.0)
-    ap.add_argument("--intervene-probability", type=float, default=0.5,
+    ap.add_argument("--episode-steps", type=int_in(1, 1_000_000), default=60)
+    ap.add_argument("--batch-size", type=int_in(1, 1_000_000), default=64)
+    ap.add_argument("--warmup", type=int_in(0, 1_000_000), default=120)
+    ap.add_argument("--utd-ratio", type=float_in(0, 1e6), default=0.5)
+    ap.add_argument("--checkpoint-every", type=int_in(1, 1_000_000), default=10)
+    ap.add_argument("--weights-period", type=float_in(0, 1e6, open_low=True), default=4.0)
+    ap.add_argument("--max-updates-per-second", type=float_in(0, 1e6), default=4.0)
+    ap.add_argument("--intervene-probability", type=float_in(0, 1), default=0.5,
                     help="chance that the scripted operator takes over in an episode")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int_in(0, 2**31 - 1), default=0)
     ap.add_argument("--device", default="auto",
                     help="learner device: auto (CUDA when available), cpu, cuda, cuda:N")
     a = ap.parse_args(argv)

@@ -36,6 +36,7 @@ from drqv2_ros.acting.control_loop import Event, TickResult
 from drqv2_ros.acting.policy_runner import PolicyRunner
 from drqv2_ros.acting.weights import actor_state_bytes
 from drqv2_ros.atomic_write import atomic_write_json
+from drqv2_ros.cli_checks import float_in, int_in
 from drqv2_ros.demo.pretrain import start_policy
 from drqv2_ros.robot.backend import JOINT_NAMES
 from drqv2_ros.robot.driver_setup import (
@@ -481,33 +482,14 @@ def summary(report: dict) -> str:
             f"{r['mode']} {r['width']}x{r['height']}, shift {report['shift']}")
 
 
-#: (option, lowest, highest) of the integer options; each is checked before any work
-_INT_RANGES = (("episodes", 1, 1_000_000), ("episode_steps", 1, 100_000),
-               ("batch_size", 1, 65_536), ("warmup", 0, 10**9), ("eval_every", 0, 1_000_000),
-               ("eval_episodes", 0, 10_000), ("seed", 0, 2**31 - 1), ("envs", 1, 64))
 #: the largest render the offscreen buffer takes (and ~37 MB a frame at most)
 MAX_RENDER_PX = 4096
 
 
 def check_options(ap: argparse.ArgumentParser, a) -> None:
-    """Every sim-train option checked before any work: exit 2 with the option and its
-    allowed range; an existing result or bag is refused (nothing is overwritten)."""
-    import math
-
-    for name, lo, hi in _INT_RANGES:
-        v = getattr(a, name)
-        if not lo <= v <= hi:
-            ap.error(f"--{name.replace('_', '-')} must be in [{lo}, {hi}], got {v}")
-    w, h = a.render_size
-    if not (16 <= w <= MAX_RENDER_PX and 16 <= h <= MAX_RENDER_PX):
-        ap.error(f"--render-size must be in [16, {MAX_RENDER_PX}] x [16, {MAX_RENDER_PX}], "
-                 f"got {w} {h}")
-    if not (math.isfinite(a.utd_ratio) and 0 <= a.utd_ratio <= 64):
-        ap.error(f"--utd-ratio must be finite, in [0, 64], got {a.utd_ratio}")
-    if not (math.isfinite(a.bc_weight) and 0 <= a.bc_weight <= 1e6):
-        ap.error(f"--bc-weight must be finite, in [0, 1e6], got {a.bc_weight}")
-    if not (math.isfinite(a.intervene_probability) and 0 <= a.intervene_probability <= 1):
-        ap.error(f"--intervene-probability must be in [0, 1], got {a.intervene_probability}")
+    """The checks across options, before any work (each option's own range is its
+    argparse type, ``cli_checks``): exit 2 with the option named; an existing result or
+    bag is refused (nothing is overwritten)."""
     try:
         shift_named(a.shift)
     except ValueError as exc:
@@ -526,37 +508,37 @@ def sim_train_main(argv: list[str]) -> int:
     ap.add_argument("--checkpoint", default="", help="start policy (converted folder or "
                     "RoboBase .pt); default: from scratch (RoboBase's online recipe)")
     ap.add_argument("--out", default="", help="output folder (default runs/sim_train/<time>)")
-    ap.add_argument("--episodes", type=int, default=d.episodes)
-    ap.add_argument("--episode-steps", type=int, default=d.episode_steps)
+    ap.add_argument("--episodes", type=int_in(1, 1_000_000), default=d.episodes)
+    ap.add_argument("--episode-steps", type=int_in(1, 100_000), default=d.episode_steps)
     ap.add_argument("--render", choices=RENDERS, default=d.render,
                     help="pick101: every mesh, faithful (default); wrist_only: the links "
                          "the wrist camera cannot see left out (same image); fast: "
                          "wrist_only + reduced jaw meshes and a coarser floor grid (a close "
                          "image, ~3x faster render on CPU)")
-    ap.add_argument("--render-size", type=int, nargs=2, default=(d.render_width,
-                    d.render_height), metavar=("W", "H"))
+    ap.add_argument("--render-size", type=int_in(16, MAX_RENDER_PX), nargs=2,
+                    default=(d.render_width, d.render_height), metavar=("W", "H"))
     ap.add_argument("--shift", default=d.shift,
                     help=f"sim-to-real proxy: a preset ({', '.join(sorted(SHIFTS))}) or a "
                     "YAML file of SimShift fields (robot/sim_shift.py; 'base: real_proxy' "
                     "starts from the preset)")
     ap.add_argument("--no-train", action="store_true", help="env stepping only")
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--utd-ratio", type=float, default=d.utd_ratio)
-    ap.add_argument("--warmup", type=int, default=d.warmup)
+    ap.add_argument("--batch-size", type=int_in(1, 65_536), default=d.batch_size)
+    ap.add_argument("--utd-ratio", type=float_in(0, 64), default=d.utd_ratio)
+    ap.add_argument("--warmup", type=int_in(0, 10**9), default=d.warmup)
     ap.add_argument("--freeze-encoder", action="store_true")
-    ap.add_argument("--bc-weight", type=float, default=d.bc_weight,
+    ap.add_argument("--bc-weight", type=float_in(0, 1e6), default=d.bc_weight,
                     help="RoboBase's BC term on demonstration and intervention samples "
                     "(default 0: RoboBase's DrQ-v2 update alone)")
     ap.add_argument("--device", default=d.device)
-    ap.add_argument("--intervene-probability", type=float, default=d.intervene_probability,
+    ap.add_argument("--intervene-probability", type=float_in(0, 1), default=d.intervene_probability,
                     help="--operator schedule: chance of a takeover per episode")
     ap.add_argument("--operator", choices=TAKEOVERS, default=d.operator,
                     help="schedule: takeovers by episode (--intervene-probability); assist: "
                     "when the policy stalls or heads away from the cube")
-    ap.add_argument("--eval-every", type=int, default=d.eval_every)
-    ap.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--envs", type=int, default=d.envs, help="envs stepped in lock-step "
+    ap.add_argument("--eval-every", type=int_in(0, 1_000_000), default=d.eval_every)
+    ap.add_argument("--eval-episodes", type=int_in(0, 10_000), default=d.eval_episodes)
+    ap.add_argument("--seed", type=int_in(0, 2**31 - 1), default=d.seed)
+    ap.add_argument("--envs", type=int_in(1, 64), default=d.envs, help="envs stepped in lock-step "
                     "(one thread each); their steps all go to the one learner")
     ap.add_argument("--record-bag", default="", help="also write every training step to this "
                     "rosbag2 bag (mcap), as the recorder node does")
