@@ -311,6 +311,7 @@ def test_shift_from_a_yaml_file(tmp_path):
                       ("lite_scale: 1\n", "unknown fields"), ("light_tint: [1, 1]\n", "3 "),
                       ("actuator_kp_scale: .nan\n", "non-finite"), ("base: mars\n", "base"),
                       ("camera_offset_m: [1, 0, 0]\n", "0.1 m"), ("light_scale: true\n", "bool"),
+                      ("camera_fovy_delta_deg: 80\n", r"\(-60, 60\)"),
                       ("a: [\n", "YAML")]:
         f.write_text(text)
         with pytest.raises(ValueError, match=why):

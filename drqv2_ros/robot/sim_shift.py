@@ -34,6 +34,11 @@ class SimShift:
             v = getattr(self, name)
             if not (np.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {v}")
+        if not (np.isfinite(self.camera_fovy_delta_deg)
+                and -60 < self.camera_fovy_delta_deg < 60):
+            raise ValueError("camera_fovy_delta_deg must be in (-60, 60)")
+        if not all(np.isfinite(x) and abs(x) <= 0.1 for x in self.camera_offset_m):
+            raise ValueError("camera_offset_m must be within 0.1 m")
 
 
 SHIFTS: dict[str, SimShift] = {
@@ -105,11 +110,7 @@ def load_shift(path: str | Path) -> SimShift:
                     raise ValueError("non-finite")
         except (TypeError, ValueError) as exc:
             raise ValueError(f"shift file {p}: {name}: {v!r} ({exc})") from None
-    if "camera_fovy_delta_deg" in values and not -60 < values["camera_fovy_delta_deg"] < 60:
-        raise ValueError(f"shift file {p}: camera_fovy_delta_deg must be in (-60, 60)")
-    if any(abs(x) > 0.1 for x in values.get("camera_offset_m", ())):
-        raise ValueError(f"shift file {p}: camera_offset_m must be within 0.1 m")
-    try:
+    try:  # SimShift checks the ranges, whatever made it
         return dataclasses.replace(start, **values)
     except ValueError as exc:
         raise ValueError(f"shift file {p}: {exc}") from None
